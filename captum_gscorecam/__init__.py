@@ -1,0 +1,7 @@
+"""gScoreCAM for CLIP as a Captum layer attribution."""
+
+from captum_gscorecam.attribution import GScoreCAM, ScoreCAM
+from captum_gscorecam.clip import CLIPSimilarity, default_layer, encode_text
+
+__all__ = ["CLIPSimilarity", "GScoreCAM", "ScoreCAM", "default_layer", "encode_text"]
+__version__ = "0.1.0"

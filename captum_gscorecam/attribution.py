@@ -1,0 +1,287 @@
+"""gScoreCAM and ScoreCAM as Captum layer attributions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from captum.attr import GradientAttribution, LayerAttribution, PerturbationAttribution
+from torch import Tensor, nn
+
+from captum_gscorecam.clip import CLIPSimilarity, CustomGrid, LayerGrid, TextScorer, is_clip_model
+from captum_gscorecam.engine import Scorer, restored, score_cam
+from captum_gscorecam.targets import TargetScorer
+
+__all__ = ["GScoreCAM", "ScoreCAM"]
+
+
+class _MaskedLayerCAM(LayerAttribution):
+    """Argument handling shared by GScoreCAM and ScoreCAM; the engine does the work."""
+
+    def __init__(
+        self,
+        forward_func: Callable[..., Tensor] | nn.Module,
+        layer: nn.Module,
+        device_ids: list[int] | None = None,
+    ) -> None:
+        if device_ids is not None:
+            raise ValueError(
+                "device_ids: DataParallel models are not supported; pass the underlying model"
+            )
+        if not isinstance(layer, nn.Module):
+            raise TypeError(f"layer: expected a torch.nn.Module, got {type(layer).__name__}")
+        if is_clip_model(forward_func):
+            forward_func = CLIPSimilarity(forward_func)
+        elif not callable(forward_func):
+            raise TypeError(
+                f"forward_func: expected a CLIP model or a callable, got {type(forward_func).__name__}"
+            )
+        LayerAttribution.__init__(self, forward_func, layer, device_ids)
+
+    def _attribute(
+        self,
+        inputs: Tensor | tuple[Tensor],
+        target: object,
+        additional_forward_args: Any,
+        topk: int | float | None,
+        perturbations_per_eval: int,
+        relu_attributions: bool,
+        attribute_to_layer_input: bool,
+        reshape_transform: Callable[[Tensor], Tensor] | None,
+        show_progress: bool,
+    ) -> Tensor:
+        images = _check_inputs(inputs)
+        if isinstance(perturbations_per_eval, bool) or not isinstance(perturbations_per_eval, int) or perturbations_per_eval < 1:
+            raise ValueError(
+                f"perturbations_per_eval: expected an int >= 1, got {perturbations_per_eval!r}"
+            )
+        scorer = self._scorer(images, target, additional_forward_args)
+        model = getattr(self.forward_func, "model", None)
+        view = CustomGrid(reshape_transform) if reshape_transform is not None else LayerGrid.for_model(model)
+        module = self.forward_func if isinstance(self.forward_func, nn.Module) else None
+        with restored(module):
+            return score_cam(
+                scorer,
+                self.layer,
+                images,
+                view,
+                topk=topk,
+                perturbations_per_eval=perturbations_per_eval,
+                relu=relu_attributions,
+                layer_input=attribute_to_layer_input,
+                progress=self.get_name() if show_progress else None,
+            )
+
+    def _scorer(self, images: Tensor, target: object, additional_forward_args: Any) -> Scorer:
+        n = images.shape[0]
+        if not (isinstance(target, Tensor) and target.is_floating_point()):
+            return TargetScorer(self.forward_func, target, additional_forward_args, n, images.device)
+        if not isinstance(self.forward_func, CLIPSimilarity):
+            raise TypeError(
+                "target: a floating-point target is a text embedding and needs a CLIP model "
+                "(or CLIPSimilarity) as forward_func; use integer targets for other models"
+            )
+        if additional_forward_args is not None:
+            raise ValueError(
+                "additional_forward_args: must be None when target is a text embedding"
+            )
+        return TextScorer(self.forward_func, _text_per_image(target, n).to(images.device))
+
+
+class GScoreCAM(_MaskedLayerCAM, GradientAttribution):
+    r"""gScoreCAM: ScoreCAM over the channels with the largest mean gradient.
+
+    For an image x and a text t, with the score ``s(x) = logit_scale * cos(f(x), t)``, layer
+    activations ``A`` and their gradient ``G``: ``alpha_c = mean_{h,w} G_c``; S = the ``topk``
+    channels of largest alpha; ``M_c = minmax(upsample(A_c))``; ``w = softmax_{c in S} s(x * M_c)``;
+    the map is ``relu(sum_{c in S} w_c A_c)`` at the layer's resolution. Upsample it with
+    ``LayerAttribution.interpolate``.
+
+    Chen et al., "gScoreCAM: What objects is CLIP looking at?", ACCV 2022.
+    https://arxiv.org/abs/2210.02874
+    """
+
+    def __init__(
+        self,
+        forward_func: Callable[..., Tensor] | nn.Module,
+        layer: nn.Module,
+        device_ids: list[int] | None = None,
+    ) -> None:
+        r"""
+        Args:
+
+            forward_func (Callable or torch.nn.Module): A CLIP model (anything with
+                        ``encode_image`` and ``logit_scale``, such as open_clip's CLIP), which
+                        is wrapped in :class:`CLIPSimilarity`, or any forward function that
+                        returns scores ``(N,)`` or ``(N, K)``.
+            layer (torch.nn.Module): The layer whose channels make the masks and the map,
+                        e.g. ``default_layer(model)``. Its output is ``(N, C, h, w)`` or
+                        ViT tokens ``(N, L, D)`` / ``(L, N, D)``.
+            device_ids (list[int], optional): Kept for Captum's signature; DataParallel
+                        models are not supported, so it must be None.
+        """
+        _MaskedLayerCAM.__init__(self, forward_func, layer, device_ids)
+        GradientAttribution.__init__(self, self.forward_func)
+
+    @classmethod
+    def get_name(cls) -> str:
+        return "gScoreCAM"
+
+    def attribute(
+        self,
+        inputs: Tensor | tuple[Tensor],
+        target: object = None,
+        additional_forward_args: Any = None,
+        topk: int | float = 300,
+        perturbations_per_eval: int = 64,
+        relu_attributions: bool = True,
+        attribute_to_layer_input: bool = False,
+        reshape_transform: Callable[[Tensor], Tensor] | None = None,
+        show_progress: bool = False,
+    ) -> Tensor:
+        r"""
+        Args:
+
+            inputs (Tensor): Images ``(N, 3, H, W)``, float, already preprocessed for the
+                        model (CLIP-normalised).
+            target (Tensor, int, tuple, list, optional): With a CLIP model, a floating-point
+                        tensor is a text embedding: ``(D,)`` for every image or ``(N, D)`` one
+                        per image (output ``(N, 1, h, w)``), or ``(N, T, D)``, T prompts per
+                        image (output ``(N, T, h, w)``). Anything else has Captum's meaning:
+                        the index of the score returned by ``forward_func``.
+                        Default: None
+            additional_forward_args (Any, optional): Extra arguments of ``forward_func``
+                        after the inputs; tensors with N rows are split per example.
+                        Default: None
+            topk (int or float, optional): Channels kept by the gradient ranking: a count
+                        (clipped to C) or a fraction of C in (0, 1], rounded up.
+                        Default: 300 (the paper's choice for RN50x16's 3072 channels)
+            perturbations_per_eval (int, optional): Masked images per forward pass. Memory
+                        grows with it; results do not depend on it.
+                        Default: 64
+            relu_attributions (bool, optional): Apply ReLU to the weighted sum.
+                        Default: True
+            attribute_to_layer_input (bool, optional): Use the layer's input instead of
+                        its output.
+                        Default: False
+            reshape_transform (Callable, optional): Maps the layer output (and its
+                        gradient) to ``(N, C, h, w)``. By default open_clip ViT tokens lose
+                        their class token and take the square patch grid.
+                        Default: None
+            show_progress (bool, optional): Show a progress bar over the masked passes.
+                        Default: False
+
+        Returns:
+            *Tensor* of **attributions** ``(N, T, h, w)`` on the inputs' device, at the
+            layer's resolution (T = 1 unless the target holds T prompts per image).
+
+        Examples::
+
+            >>> cam = GScoreCAM(model, default_layer(model))
+            >>> attr = cam.attribute(images, target=text_emb)  # (N, 1, h, w)
+            >>> up = LayerAttribution.interpolate(attr, images.shape[-2:], "bilinear")
+        """
+        _check_topk(topk)
+        return self._attribute(
+            inputs,
+            target,
+            additional_forward_args,
+            topk,
+            perturbations_per_eval,
+            relu_attributions,
+            attribute_to_layer_input,
+            reshape_transform,
+            show_progress,
+        )
+
+
+class ScoreCAM(_MaskedLayerCAM, PerturbationAttribution):
+    r"""ScoreCAM: every channel of the layer, upsampled and min-max normalised, masks the
+    input; the softmax of the masked scores weights the channels.
+
+    ``map = relu(sum_c softmax_c(s(x * M_c)) A_c)``, with ``M_c = minmax(upsample(A_c))``.
+    Same arguments as :class:`GScoreCAM` without ``topk``; no backward pass is made.
+
+    Wang et al., "Score-CAM: Score-Weighted Visual Explanations for Convolutional Neural
+    Networks", CVPR Workshops 2020. https://arxiv.org/abs/1910.01279
+    """
+
+    def __init__(
+        self,
+        forward_func: Callable[..., Tensor] | nn.Module,
+        layer: nn.Module,
+        device_ids: list[int] | None = None,
+    ) -> None:
+        _MaskedLayerCAM.__init__(self, forward_func, layer, device_ids)
+        PerturbationAttribution.__init__(self, self.forward_func)
+
+    @classmethod
+    def get_name(cls) -> str:
+        return "ScoreCAM"
+
+    def attribute(
+        self,
+        inputs: Tensor | tuple[Tensor],
+        target: object = None,
+        additional_forward_args: Any = None,
+        perturbations_per_eval: int = 64,
+        relu_attributions: bool = True,
+        attribute_to_layer_input: bool = False,
+        reshape_transform: Callable[[Tensor], Tensor] | None = None,
+        show_progress: bool = False,
+    ) -> Tensor:
+        """Maps ``(N, T, h, w)``; the arguments are those of :meth:`GScoreCAM.attribute`."""
+        return self._attribute(
+            inputs,
+            target,
+            additional_forward_args,
+            None,
+            perturbations_per_eval,
+            relu_attributions,
+            attribute_to_layer_input,
+            reshape_transform,
+            show_progress,
+        )
+
+
+def _check_inputs(inputs: Tensor | tuple[Tensor]) -> Tensor:
+    if isinstance(inputs, tuple) and len(inputs) == 1:
+        inputs = inputs[0]
+    if not isinstance(inputs, Tensor) or inputs.dim() != 4 or not inputs.is_floating_point():
+        got = (
+            f"{inputs.dtype} tensor of shape {tuple(inputs.shape)}"
+            if isinstance(inputs, Tensor)
+            else type(inputs).__name__
+        )
+        raise ValueError(f"inputs: expected a 4-D float tensor (N, 3, H, W), got {got}")
+    if inputs.shape[0] == 0:
+        raise ValueError("inputs: expected at least one image, got an empty batch")
+    if not bool(torch.isfinite(inputs).all()):
+        raise ValueError("inputs: contains NaN or infinite values")
+    return inputs
+
+
+def _check_topk(topk: int | float) -> None:
+    if isinstance(topk, bool) or not isinstance(topk, (int, float)):
+        raise TypeError(f"topk: expected an int count or a float fraction, got {type(topk).__name__}")
+    if isinstance(topk, int) and topk < 1:
+        raise ValueError(f"topk: expected a channel count >= 1, got {topk}")
+    if isinstance(topk, float) and not 0.0 < topk <= 1.0:
+        raise ValueError(f"topk: expected a fraction of the channels in (0, 1], got {topk}")
+
+
+def _text_per_image(text: Tensor, n: int) -> Tensor:
+    """A text-embedding target as ``(N, T, D)``."""
+    if text.dim() == 1:
+        return text.expand(n, 1, -1)
+    if text.dim() not in (2, 3):
+        raise ValueError(
+            f"target: expected a text embedding (D,), (N, D) or (N, T, D), got shape {tuple(text.shape)}"
+        )
+    if text.shape[0] != n:
+        raise ValueError(
+            f"target: text embeddings for {text.shape[0]} images, but inputs hold {n} "
+            "(use shape (D,) for one text for every image)"
+        )
+    return text.unsqueeze(1) if text.dim() == 2 else text

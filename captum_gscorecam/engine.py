@@ -1,0 +1,189 @@
+"""The gScoreCAM / ScoreCAM computation: capture, channel ranking, masked scoring, weighting.
+
+Per image n and prompt t, with layer activations ``A`` ``(C, h, w)`` and the gradient ``G``
+of the score ``s``:
+
+1. ``alpha_c = mean_{h,w} G_c``; ``S`` = the ``topk`` channels of largest alpha (all for ScoreCAM)
+2. ``M_c = minmax(upsample_bilinear(A_c, (H, W)))``, ``minmax(u) = (u - min) / (max - min + 1e-6)``
+3. ``s_c = s(x * M_c)`` (non-finite scores become 0)
+4. ``w = softmax_{c in S}(s_c)``
+5. ``map = relu(sum_{c in S} w_c A_c)``
+
+Each masked image is scored once against all T prompts of its image: the channels scored
+for image n are the union of its prompts' top-k sets. Masks are built chunk by chunk on the
+inputs' device, so extra memory grows with the chunk size, not with C or k.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+__all__ = ["GridView", "Scorer", "channel_masks", "restored", "score_cam"]
+
+MINMAX_EPS = 1e-6
+
+
+class Scorer(Protocol):
+    """Scores images ``(B, 3, H, W)`` that belong to input images ``image_index`` ``(B,)``.
+
+    Returns ``(B, T)``: one score per prompt of the image.
+    """
+
+    def __call__(self, images: Tensor, image_index: Tensor) -> Tensor: ...
+
+
+class GridView(Protocol):
+    """Turns a layer output into channel maps ``(N, C, h, w)`` and its gradient into ``(N, C)``."""
+
+    def activations(self, output: Tensor, n: int) -> Tensor: ...
+
+    def importance(self, grad: Tensor, n: int) -> Tensor: ...
+
+
+@contextmanager
+def restored(module: nn.Module | None) -> Iterator[None]:
+    """Run in eval mode; give every submodule its former train/eval mode back afterwards."""
+    if module is None:
+        yield
+        return
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def capture(
+    scorer: Scorer,
+    layer: nn.Module,
+    inputs: Tensor,
+    view: GridView,
+    *,
+    with_gradient: bool,
+    layer_input: bool,
+) -> tuple[Tensor, Tensor | None, int]:
+    """One forward (and backward) pass with a hook on ``layer``.
+
+    Returns the activations ``(N, C, h, w)``, the channel importance ``(N, T, C)`` (None
+    without gradient, when the pass runs under ``no_grad``) and the number of prompts T.
+    The hook lives only for this pass.
+    """
+    captured: list[Tensor] = []
+
+    def hook(_module: nn.Module, args: tuple[object, ...], output: object) -> None:
+        value = args[0] if layer_input and args else output
+        if not isinstance(value, Tensor):
+            raise ValueError(
+                f"layer: expected its {'input' if layer_input else 'output'} to be a single "
+                f"tensor, got {type(value).__name__}"
+            )
+        captured[:] = [value]
+
+    n = inputs.shape[0]
+    handle = layer.register_forward_hook(hook)
+    try:
+        with torch.set_grad_enabled(with_gradient):
+            images = inputs.detach().requires_grad_(with_gradient)
+            scores = scorer(images, torch.arange(n, device=inputs.device))
+    finally:
+        handle.remove()
+    if not captured:
+        raise ValueError(
+            "layer: no activation was captured; the layer is not part of the model's forward pass"
+        )
+    output = captured[0]
+    activations = view.activations(output.detach(), n)
+    n_prompts = scores.shape[1]
+    if not with_gradient:
+        return activations, None, n_prompts
+    grads = []
+    for t in range(n_prompts):
+        (grad,) = torch.autograd.grad(
+            scores[:, t].sum(), output, retain_graph=t + 1 < n_prompts, allow_unused=True
+        )
+        if grad is None:
+            raise ValueError("layer: the score does not depend on this layer's output")
+        grads.append(view.importance(grad, n))
+    return activations, torch.stack(grads, dim=1), n_prompts
+
+
+def channel_masks(activations: Tensor, size: tuple[int, int]) -> Tensor:
+    """``minmax(upsample_bilinear(A_c, size))`` for channel maps ``(B, h, w)`` -> ``(B, 1, H, W)``."""
+    up = F.interpolate(activations.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
+    low = up.amin(dim=(2, 3), keepdim=True)
+    high = up.amax(dim=(2, 3), keepdim=True)
+    return (up - low) / (high - low + MINMAX_EPS)
+
+
+def masked_scores(
+    scorer: Scorer,
+    inputs: Tensor,
+    activations: Tensor,
+    pairs: Tensor,
+    n_prompts: int,
+    chunk: int,
+    progress: str | None = None,
+) -> Tensor:
+    """Scores ``(N, C, T)`` of the masked inputs for (image, channel) ``pairs`` ``(P, 2)``.
+
+    Unscored pairs stay 0; non-finite scores become 0. ``progress`` names a progress bar.
+    """
+    n, c = activations.shape[:2]
+    scores = inputs.new_zeros((n, c, n_prompts), dtype=torch.float32)
+    size = (inputs.shape[2], inputs.shape[3])
+    starts = range(0, pairs.shape[0], chunk)
+    for start in tqdm(starts, desc=progress, unit="batch", disable=progress is None):
+        image_index, channel = pairs[start : start + chunk].unbind(1)
+        with torch.inference_mode():
+            masks = channel_masks(activations[image_index, channel], size)
+            chunk_scores = scorer(inputs[image_index] * masks.to(inputs.dtype), image_index)
+            chunk_scores = torch.where(chunk_scores.isfinite(), chunk_scores, 0.0).float()
+        scores[image_index, channel] = chunk_scores
+    return scores
+
+
+def score_cam(
+    scorer: Scorer,
+    layer: nn.Module,
+    inputs: Tensor,
+    view: GridView,
+    *,
+    topk: int | float | None,
+    perturbations_per_eval: int,
+    relu: bool,
+    layer_input: bool,
+    progress: str | None = None,
+) -> Tensor:
+    """Maps ``(N, T, h, w)``; ``topk=None`` scores every channel (ScoreCAM).
+
+    ``topk`` is a channel count (clipped to C) or a fraction of C in (0, 1], rounded up.
+    """
+    activations, importance, n_prompts = capture(
+        scorer, layer, inputs, view, with_gradient=topk is not None, layer_input=layer_input
+    )
+    n, c = activations.shape[:2]
+    if importance is None:
+        selected = torch.ones((n, n_prompts, c), dtype=torch.bool, device=inputs.device)
+    else:
+        k = min(topk, c) if isinstance(topk, int) else math.ceil(topk * c)
+        top = importance.topk(k, dim=2).indices
+        selected = torch.zeros_like(importance, dtype=torch.bool).scatter_(2, top, True)
+    pairs = selected.any(dim=1).nonzero()
+    scores = masked_scores(
+        scorer, inputs, activations, pairs, n_prompts, perturbations_per_eval, progress
+    )
+    logits = scores.transpose(1, 2).masked_fill(~selected, float("-inf"))
+    weights = logits.softmax(dim=2)
+    maps = torch.einsum("ntc,nchw->nthw", weights, activations.float())
+    return F.relu(maps) if relu else maps
+
