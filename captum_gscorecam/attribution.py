@@ -35,7 +35,8 @@ class _MaskedLayerCAM(LayerAttribution):
             forward_func = CLIPSimilarity(forward_func)
         elif not callable(forward_func):
             raise TypeError(
-                f"forward_func: expected a CLIP model or a callable, got {type(forward_func).__name__}"
+                "forward_func: expected a CLIP model or a callable, "
+                f"got {type(forward_func).__name__}"
             )
         LayerAttribution.__init__(self, forward_func, layer, device_ids)
 
@@ -52,13 +53,21 @@ class _MaskedLayerCAM(LayerAttribution):
         show_progress: bool,
     ) -> Tensor:
         images = _check_inputs(inputs)
-        if isinstance(perturbations_per_eval, bool) or not isinstance(perturbations_per_eval, int) or perturbations_per_eval < 1:
+        if (
+            isinstance(perturbations_per_eval, bool)
+            or not isinstance(perturbations_per_eval, int)
+            or perturbations_per_eval < 1
+        ):
             raise ValueError(
                 f"perturbations_per_eval: expected an int >= 1, got {perturbations_per_eval!r}"
             )
         scorer = self._scorer(images, target, additional_forward_args)
         model = getattr(self.forward_func, "model", None)
-        view = CustomGrid(reshape_transform) if reshape_transform is not None else LayerGrid.for_model(model)
+        view = (
+            CustomGrid(reshape_transform)
+            if reshape_transform is not None
+            else LayerGrid.for_model(model)
+        )
         module = self.forward_func if isinstance(self.forward_func, nn.Module) else None
         with restored(module):
             return score_cam(
@@ -76,7 +85,9 @@ class _MaskedLayerCAM(LayerAttribution):
     def _scorer(self, images: Tensor, target: object, additional_forward_args: Any) -> Scorer:
         n = images.shape[0]
         if not (isinstance(target, Tensor) and target.is_floating_point()):
-            return TargetScorer(self.forward_func, target, additional_forward_args, n, images.device)
+            return TargetScorer(
+                self.forward_func, target, additional_forward_args, n, images.device
+            )
         if not isinstance(self.forward_func, CLIPSimilarity):
             raise TypeError(
                 "target: a floating-point target is a text embedding and needs a CLIP model "
@@ -126,6 +137,7 @@ class GScoreCAM(_MaskedLayerCAM, GradientAttribution):
 
     @classmethod
     def get_name(cls) -> str:
+        """The method's name as the paper writes it."""
         return "gScoreCAM"
 
     def attribute(
@@ -218,6 +230,7 @@ class ScoreCAM(_MaskedLayerCAM, PerturbationAttribution):
 
     @classmethod
     def get_name(cls) -> str:
+        """The method's name as the paper writes it."""
         return "ScoreCAM"
 
     def attribute(
@@ -264,7 +277,9 @@ def _check_inputs(inputs: Tensor | tuple[Tensor]) -> Tensor:
 
 def _check_topk(topk: int | float) -> None:
     if isinstance(topk, bool) or not isinstance(topk, (int, float)):
-        raise TypeError(f"topk: expected an int count or a float fraction, got {type(topk).__name__}")
+        raise TypeError(
+            f"topk: expected an int count or a float fraction, got {type(topk).__name__}"
+        )
     if isinstance(topk, int) and topk < 1:
         raise ValueError(f"topk: expected a channel count >= 1, got {topk}")
     if isinstance(topk, float) and not 0.0 < topk <= 1.0:
@@ -277,7 +292,8 @@ def _text_per_image(text: Tensor, n: int) -> Tensor:
         return text.expand(n, 1, -1)
     if text.dim() not in (2, 3):
         raise ValueError(
-            f"target: expected a text embedding (D,), (N, D) or (N, T, D), got shape {tuple(text.shape)}"
+            "target: expected a text embedding (D,), (N, D) or (N, T, D), "
+            f"got shape {tuple(text.shape)}"
         )
     if text.shape[0] != n:
         raise ValueError(

@@ -57,6 +57,7 @@ class CLIPSimilarity(nn.Module):
         return F.normalize(self.model.encode_image(images).float(), dim=-1)
 
     def forward(self, images: Tensor, text_emb: Tensor) -> Tensor:
+        """``logit_scale * cos(encode_image(images), text_emb)``, ``(N,)`` or ``(N, T)``."""
         return self.score_embeddings(self.embed_images(images), text_emb)
 
     def score_embeddings(self, image_emb: Tensor, text_emb: Tensor) -> Tensor:
@@ -104,7 +105,9 @@ def default_layer(model: nn.Module) -> nn.Module:
         model = model.model
     visual = getattr(model, "visual", None)
     if visual is None:
-        raise TypeError(f"model: expected a CLIP model with a `visual` tower, got {type(model).__name__}")
+        raise TypeError(
+            f"model: expected a CLIP model with a `visual` tower, got {type(model).__name__}"
+        )
     if hasattr(visual, "layer4"):
         return visual.layer4
     blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)

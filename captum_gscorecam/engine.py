@@ -37,15 +37,21 @@ class Scorer(Protocol):
     Returns ``(B, T)``: one score per prompt of the image.
     """
 
-    def __call__(self, images: Tensor, image_index: Tensor) -> Tensor: ...
+    def __call__(self, images: Tensor, image_index: Tensor) -> Tensor:
+        """Scores ``(B, T)``."""
+        ...
 
 
 class GridView(Protocol):
     """Turns a layer output into channel maps ``(N, C, h, w)`` and its gradient into ``(N, C)``."""
 
-    def activations(self, output: Tensor, n: int) -> Tensor: ...
+    def activations(self, output: Tensor, n: int) -> Tensor:
+        """Channel maps ``(N, C, h, w)``."""
+        ...
 
-    def importance(self, grad: Tensor, n: int) -> Tensor: ...
+    def importance(self, grad: Tensor, n: int) -> Tensor:
+        """Channel importance ``alpha`` ``(N, C)``."""
+        ...
 
 
 @contextmanager
@@ -118,7 +124,7 @@ def capture(
 
 
 def channel_masks(activations: Tensor, size: tuple[int, int]) -> Tensor:
-    """``minmax(upsample_bilinear(A_c, size))`` for channel maps ``(B, h, w)`` -> ``(B, 1, H, W)``."""
+    """``minmax(upsample_bilinear(A_c, size))``: channel maps ``(B, h, w)`` -> ``(B, 1, H, W)``."""
     up = F.interpolate(activations.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
     low = up.amin(dim=(2, 3), keepdim=True)
     high = up.amax(dim=(2, 3), keepdim=True)
@@ -186,4 +192,3 @@ def score_cam(
     weights = logits.softmax(dim=2)
     maps = torch.einsum("ntc,nchw->nthw", weights, activations.float())
     return F.relu(maps) if relu else maps
-

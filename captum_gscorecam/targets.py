@@ -35,7 +35,8 @@ def target_index(target: object, n: int, device: torch.device) -> Tensor:
         if target.dim() == 1 and target.numel() == n:
             return target.reshape(n, 1).to(device, torch.long)
         raise ValueError(
-            f"target: expected an integer tensor of 1 or {n} elements, got shape {tuple(target.shape)}"
+            f"target: expected an integer tensor of 1 or {n} elements, "
+            f"got shape {tuple(target.shape)}"
         )
     if isinstance(target, bool):
         raise TypeError("target: expected an int, tuple, list or tensor, got bool")
@@ -45,10 +46,14 @@ def target_index(target: object, n: int, device: torch.device) -> Tensor:
         return torch.tensor([target], dtype=torch.long, device=device).expand(n, len(target))
     if isinstance(target, list):
         if len(target) != n:
-            raise ValueError(f"target: a list target needs one entry per example ({n}), got {len(target)}")
+            raise ValueError(
+                f"target: a list target needs one entry per example ({n}), got {len(target)}"
+            )
         rows = [row if isinstance(row, tuple) else (row,) for row in target]
         if len({len(row) for row in rows}) != 1:
-            raise ValueError("target: every entry of a list target must index the same number of dims")
+            raise ValueError(
+                "target: every entry of a list target must index the same number of dims"
+            )
         return torch.tensor(rows, dtype=torch.long, device=device)
     raise TypeError(
         f"target: expected None, an int, a tuple, a list or a tensor, got {type(target).__name__}"
@@ -80,8 +85,11 @@ class TargetScorer:
         self.n = n
 
     def __call__(self, images: Tensor, image_index: Tensor) -> Tensor:
+        """Scores ``(B, 1)`` of ``forward_func`` at the target of each image's source."""
         args = [
-            arg[image_index] if isinstance(arg, Tensor) and arg.dim() > 0 and arg.shape[0] == self.n else arg
+            arg[image_index]
+            if isinstance(arg, Tensor) and arg.dim() > 0 and arg.shape[0] == self.n
+            else arg
             for arg in self.args
         ]
         output = self.forward_func(images, *args)
@@ -92,7 +100,8 @@ class TargetScorer:
         if not isinstance(output, Tensor) or output.dim() == 0 or output.shape[0] != b:
             shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
             raise ValueError(
-                f"forward_func: expected a tensor of scores with one row per example ({b}), got {shape}"
+                "forward_func: expected a tensor of scores with one row per example "
+                f"({b}), got {shape}"
             )
         rank = self.index.shape[1]
         if rank == 0:

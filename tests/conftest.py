@@ -22,7 +22,7 @@ def tiny_rn(seed: int = 0) -> open_clip.CLIP:
 
 
 def tiny_vit(seed: int = 0, **vision_kwargs: object) -> open_clip.CLIP:
-    """A ViT CLIP at 32 px with 8 px patches: a 4 x 4 grid of 32-wide tokens plus the class token."""
+    """A ViT CLIP at 32 px, 8 px patches: a 4 x 4 grid of 32-wide tokens and the class token."""
     torch.manual_seed(seed)
     cfg = {"layers": 2, "width": 32, "head_width": 16, "patch_size": 8, "image_size": 32}
     cfg.update(vision_kwargs)

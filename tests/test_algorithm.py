@@ -36,7 +36,12 @@ def test_resnet_matches_reference(rn, topk, ppe, n, seed):
 
 
 @SETTINGS
-@given(topk=st.integers(1, 32), ppe=st.integers(1, 40), n=st.integers(1, 2), seed=st.integers(0, 10_000))
+@given(
+    topk=st.integers(1, 32),
+    ppe=st.integers(1, 40),
+    n=st.integers(1, 2),
+    seed=st.integers(0, 10_000),
+)
 def test_vit_matches_reference(vit, topk, ppe, n, seed):
     _compare(vit, topk, ppe, n, seed)
 
@@ -47,7 +52,9 @@ def test_scorecam_matches_reference(make):
     x = images_for(model, 1, seed=5)
     text = texts(1, 1, seed=6)
     ours = ScoreCAM(model, default_layer(model)).attribute(x, target=text[0])
-    torch.testing.assert_close(ours[0, 0], reference_gscorecam(model, x[0], text[0, 0], None), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        ours[0, 0], reference_gscorecam(model, x[0], text[0, 0], None), atol=1e-5, rtol=1e-4
+    )
 
 
 def test_fraction_topk_rounds_up(rn):
@@ -55,5 +62,9 @@ def test_fraction_topk_rounds_up(rn):
     x = images_for(rn, 1, seed=2)
     text = texts(1, 1, seed=3)[:, 0]
     cam = GScoreCAM(rn, default_layer(rn))
-    torch.testing.assert_close(cam.attribute(x, target=text, topk=0.1), cam.attribute(x, target=text, topk=26))
-    assert not torch.allclose(cam.attribute(x, target=text, topk=0.1), cam.attribute(x, target=text, topk=25))
+    torch.testing.assert_close(
+        cam.attribute(x, target=text, topk=0.1), cam.attribute(x, target=text, topk=26)
+    )
+    assert not torch.allclose(
+        cam.attribute(x, target=text, topk=0.1), cam.attribute(x, target=text, topk=25)
+    )

@@ -75,7 +75,9 @@ def test_token_layouts_agree(batch_first):
     assert acts.shape == (n, d, side, side)
     # patch token k sits at row k // side, column k % side
     torch.testing.assert_close(acts[:, :, 1, 2], tokens[:, 1 + 1 * side + 2])
-    torch.testing.assert_close(grid.importance(layout, n), tokens[:, 1:].mean(1))  # patches have gradient
+    torch.testing.assert_close(
+        grid.importance(layout, n), tokens[:, 1:].mean(1)
+    )  # patches have gradient
     class_only = torch.zeros_like(tokens)
     class_only[:, 0] = tokens[:, 0]
     layout = class_only if batch_first in (True, None) else class_only.transpose(0, 1)
@@ -104,4 +106,5 @@ def test_feature_maps_pass_through():
 def test_similarity_is_differentiable(rn):
     x = images_for(rn, 1).requires_grad_(True)
     CLIPSimilarity(rn)(x, F.normalize(torch.randn(32), dim=0)).sum().backward()
-    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert x.grad is not None
+    assert x.grad.abs().sum() > 0

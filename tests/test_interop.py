@@ -24,7 +24,11 @@ def test_interpolate_and_visualize(rn):
     assert up.shape == (2, 1, 64, 64)
     image = (x[0].permute(1, 2, 0) - x.min()) / (x.max() - x.min())
     fig, _ = viz.visualize_image_attr(
-        up[0].permute(1, 2, 0).numpy(), image.numpy(), method="blended_heat_map", sign="positive", use_pyplot=False
+        up[0].permute(1, 2, 0).numpy(),
+        image.numpy(),
+        method="blended_heat_map",
+        sign="positive",
+        use_pyplot=False,
     )
     assert fig is not None
     matplotlib.pyplot.close(fig)
@@ -34,7 +38,9 @@ def test_captum_methods_through_clip_similarity(rn):
     similarity = CLIPSimilarity(rn)
     x = images_for(rn, 2)
     text = texts(2, 1)[:, 0]
-    gradcam = LayerGradCam(similarity, default_layer(rn)).attribute(x, additional_forward_args=(text,))
+    gradcam = LayerGradCam(similarity, default_layer(rn)).attribute(
+        x, additional_forward_args=(text,)
+    )
     assert gradcam.shape == (2, 1, 2, 2)
     occlusion = Occlusion(similarity).attribute(
         x, sliding_window_shapes=(3, 16, 16), strides=(3, 16, 16), additional_forward_args=(text,)
@@ -47,7 +53,9 @@ def test_clip_similarity_as_forward_func_equals_text_target(rn):
     x = images_for(rn, 2)
     text = texts(2, 1)[:, 0]
     via_target = GScoreCAM(rn, default_layer(rn)).attribute(x, target=text, topk=15)
-    via_args = GScoreCAM(CLIPSimilarity(rn), default_layer(rn)).attribute(x, additional_forward_args=text, topk=15)
+    via_args = GScoreCAM(CLIPSimilarity(rn), default_layer(rn)).attribute(
+        x, additional_forward_args=text, topk=15
+    )
     torch.testing.assert_close(via_args, via_target, atol=1e-5, rtol=1e-4)
 
 
@@ -78,7 +86,9 @@ def test_tuple_target_on_a_3d_output(rn):
     similarity = CLIPSimilarity(rn)
 
     def logits(images):
-        return (similarity.embed_images(images) @ prompts.T * similarity.logit_scale).reshape(-1, 2, 3)
+        return (similarity.embed_images(images) @ prompts.T * similarity.logit_scale).reshape(
+            -1, 2, 3
+        )
 
     x = images_for(rn, 2)
     ours = ScoreCAM(logits, default_layer(rn)).attribute(x, target=(1, 2))
@@ -144,7 +154,9 @@ def test_sequence_first_tokens_on_a_generic_forward():
     expected = GScoreCAM(model, last).attribute(x, target=text, topk=9)
     for i in range(3):
         generic = GScoreCAM(lambda images, i=i: similarity(images, text[i]), tap)
-        torch.testing.assert_close(generic.attribute(x[i : i + 1], topk=9)[0], expected[i], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            generic.attribute(x[i : i + 1], topk=9)[0], expected[i], atol=1e-5, rtol=1e-4
+        )
 
 
 def test_patch_pooled_vit_uses_mean_patch_gradient():
@@ -163,7 +175,9 @@ def test_patch_pooled_vit_uses_mean_patch_gradient():
 
 
 def test_bad_reshape_transform(rn):
-    with pytest.raises(ValueError, match=r"reshape_transform: expected it to return a \(1, C, h, w\) tensor"):
+    with pytest.raises(
+        ValueError, match=r"reshape_transform: expected it to return a \(1, C, h, w\) tensor"
+    ):
         GScoreCAM(rn, default_layer(rn)).attribute(
             images_for(rn, 1), target=texts(1, 1)[0, 0], reshape_transform=lambda t: t.flatten(1)
         )
@@ -181,6 +195,8 @@ def test_attribute_to_layer_input(rn):
 
 
 def test_output_stays_a_normal_tensor(rn):
-    attr = GScoreCAM(rn, default_layer(rn)).attribute(images_for(rn, 1), target=texts(1, 1)[0, 0], topk=4)
+    attr = GScoreCAM(rn, default_layer(rn)).attribute(
+        images_for(rn, 1), target=texts(1, 1)[0, 0], topk=4
+    )
     attr /= attr.max()  # in-place edits work: not an inference tensor
     assert np.isclose(float(attr.max()), 1.0)

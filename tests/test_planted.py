@@ -52,7 +52,9 @@ def scenes(n: int) -> torch.Tensor:
     for i in range(n):
         colours = PALETTE[torch.randperm(6, generator=g)[:4]]
         for (row, col), colour in zip(QUADRANTS, colours, strict=True):
-            images[i, :, 16 * row + 4 : 16 * row + 12, 16 * col + 4 : 16 * col + 12] = colour[:, None, None]
+            images[i, :, 16 * row + 4 : 16 * row + 12, 16 * col + 4 : 16 * col + 12] = colour[
+                :, None, None
+            ]
     return images
 
 

@@ -22,7 +22,12 @@ def cam_for(request, name):
 
 @pytest.mark.parametrize("name", MODELS)
 @SETTINGS
-@given(n=st.integers(1, 3), t=st.integers(1, 3), seed=st.integers(0, 1000), form=st.sampled_from(["D", "ND", "NTD"]))
+@given(
+    n=st.integers(1, 3),
+    t=st.integers(1, 3),
+    seed=st.integers(0, 1000),
+    form=st.sampled_from(["D", "ND", "NTD"]),
+)
 def test_shape_nonnegative_finite(request, name, n, t, seed, form):
     model, cam = cam_for(request, name)
     x = images_for(model, n, seed)
@@ -44,8 +49,12 @@ def test_all_channels_equal_scorecam(request, name):
     text = texts(2, 2, seed=5)
     score_cam = ScoreCAM(model, default_layer(model)).attribute(x, target=text)
     torch.testing.assert_close(cam.attribute(x, target=text, topk=c), score_cam, atol=1e-5, rtol=0)
-    torch.testing.assert_close(cam.attribute(x, target=text, topk=1.0), score_cam, atol=1e-5, rtol=0)
-    torch.testing.assert_close(cam.attribute(x, target=text, topk=10 * c), score_cam, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        cam.attribute(x, target=text, topk=1.0), score_cam, atol=1e-5, rtol=0
+    )
+    torch.testing.assert_close(
+        cam.attribute(x, target=text, topk=10 * c), score_cam, atol=1e-5, rtol=0
+    )
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -79,7 +88,9 @@ def test_deterministic(request, name):
     model, cam = cam_for(request, name)
     x = images_for(model, 2, seed=8)
     text = texts(2, 3, seed=9)
-    assert torch.equal(cam.attribute(x, target=text, topk=17), cam.attribute(x, target=text, topk=17))
+    assert torch.equal(
+        cam.attribute(x, target=text, topk=17), cam.attribute(x, target=text, topk=17)
+    )
 
 
 def test_signed_sum_without_relu(vit):
@@ -97,4 +108,6 @@ def test_larger_k_scores_more_channels(rn):
     x = images_for(rn, 1, seed=12)
     text = texts(1, 1, seed=13)[:, 0]
     cam = GScoreCAM(rn, default_layer(rn))
-    assert not torch.allclose(cam.attribute(x, target=text, topk=1), cam.attribute(x, target=text, topk=100))
+    assert not torch.allclose(
+        cam.attribute(x, target=text, topk=1), cam.attribute(x, target=text, topk=100)
+    )
