@@ -52,15 +52,17 @@ def main() -> None:
         "LayerGradCam": lambda: LayerGradCam(similarity, layer).attribute(
             images, additional_forward_args=(text,), relu_attributions=True
         ),
-        "Occlusion": lambda: Occlusion(similarity)
-        .attribute(
-            images,
-            sliding_window_shapes=(3, window, window),
-            strides=(3, window // 2, window // 2),
-            additional_forward_args=(text,),
-            perturbations_per_eval=16,
-        )
-        .sum(dim=1, keepdim=True),
+        "Occlusion": lambda: (
+            Occlusion(similarity)
+            .attribute(
+                images,
+                sliding_window_shapes=(3, window, window),
+                strides=(3, window // 2, window // 2),
+                additional_forward_args=(text,),
+                perturbations_per_eval=16,
+            )
+            .sum(dim=1, keepdim=True)
+        ),
     }
     maps = []
     for name, run in methods.items():
