@@ -6,7 +6,8 @@ This is the only module that knows how open_clip models are built.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -245,3 +246,56 @@ class TextScorer:
 
     def __call__(self, images: Tensor, image_index: Tensor) -> Tensor:
         return self.similarity(images, self.text[image_index])
+
+
+def load_clip(
+    name: str, pretrained: str | None = None, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, Callable[..., Tensor], Callable[[Sequence[str]], Tensor]]:
+    """``(model, preprocess, tokenizer)`` for a shipped shapes model or any open_clip model.
+
+    ``name`` is ``shapes-rn`` / ``shapes-vit`` (bundled, offline) or an open_clip model name
+    (e.g. ``RN50``, ``ViT-B-16``) with ``pretrained`` a tag (``openai``) or a checkpoint path.
+    """
+    if name.startswith("shapes-"):
+        from captum_gscorecam.shapes import load_shapes_clip
+
+        return load_shapes_clip(name.removeprefix("shapes-"), device=device)
+    import open_clip
+
+    if name not in open_clip.list_models():
+        raise ValueError(
+            f"model: unknown model {name!r}; expected shapes-rn, shapes-vit or an open_clip "
+            "model name such as RN50 or ViT-B-16"
+        )
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        name, pretrained=pretrained, device=device
+    )
+    return model.eval(), preprocess, open_clip.get_tokenizer(name)
+
+
+@contextmanager
+def grid_tap(model: nn.Module, layer: nn.Module) -> Iterator[nn.Module]:
+    """A module whose output is ``layer``'s output as a ``(N, C, h, w)`` grid, for Captum.
+
+    Captum's layer methods read dim 1 as channels; ViT tokens have them last. For a ViT tower,
+    inside the context, ``layer``'s tokens pass through an identity module on the patch grid
+    (the values do not change), which Captum can hook. For other towers it is the layer itself.
+    """
+    grid = LayerGrid.for_model(model)
+    if grid.grid is None:
+        yield layer
+        return
+    tap = nn.Identity()
+
+    def reroute(_module: nn.Module, _args: tuple[object, ...], output: Tensor) -> Tensor:
+        batch_first = grid.batch_first is not False
+        tokens = output if batch_first else output.transpose(0, 1)
+        patches = tap(grid.activations(tokens, tokens.shape[0])).flatten(2).transpose(1, 2)
+        tokens = torch.cat([tokens[:, : grid.prefix_tokens], patches], dim=1)
+        return tokens if batch_first else tokens.transpose(0, 1)
+
+    handle = layer.register_forward_hook(reroute)
+    try:
+        yield tap
+    finally:
+        handle.remove()

@@ -1,0 +1,298 @@
+"""Speed and memory of gScoreCAM beside its peers and the bare cost of its forward passes.
+
+Side by side in one process (timings) and one fresh process per case (peak memory):
+
+- ours gScoreCAM (k = 10% of the channels) and ours ScoreCAM;
+- pytorch-grad-cam's ScoreCAM (package ``grad-cam``) through the same similarity score;
+- Captum's LayerGradCam through CLIPSimilarity (1 forward + 1 backward: the capture pass);
+- the floor: k (or C) forward passes of the image tower in batches of perturbations_per_eval.
+
+    python benchmarks/speed.py --out benchmarks/results/speed-cpu.md
+
+Random weights: speed does not depend on them. Prints Markdown tables of wall time, peak memory
+and ratios; ``--out`` also writes them to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import date
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from captum.attr import LayerGradCam
+from torch import Tensor, nn
+
+from captum_gscorecam import CLIPSimilarity, GScoreCAM, ScoreCAM, default_layer
+
+CASES = ("floor_k", "floor_all", "gradcam", "gscorecam", "scorecam", "pgc_scorecam")
+
+
+class TextScore(nn.Module):
+    """One text's score per image, the form pytorch-grad-cam expects (``model(batch)``)."""
+
+    def __init__(self, similarity: CLIPSimilarity, text: Tensor) -> None:
+        super().__init__()
+        self.similarity = similarity
+        self.text = text
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.similarity(images, self.text)
+
+
+class Setup:
+    """A random-weight open_clip model, one image and prompt texts on a device."""
+
+    def __init__(self, name: str, size: int, device: str, ppe: int, prompts: int = 1) -> None:
+        torch.manual_seed(0)
+        model = open_clip.create_model(name, pretrained=None, force_image_size=size)
+        self.model = model.to(device).eval().requires_grad_(False)
+        self.layer = default_layer(self.model)
+        self.similarity = CLIPSimilarity(self.model)
+        self.image = torch.randn(1, 3, size, size, device=device)
+        width = self.model.text_projection.shape[1]
+        g = torch.Generator().manual_seed(1)
+        self.texts = F.normalize(torch.randn(prompts, width, generator=g), dim=-1).to(device)
+        self.ppe = ppe
+        self.device = device
+        with torch.no_grad():
+            self.channels = self._count_channels()
+        self.k = math.ceil(0.1 * self.channels)
+
+    def _count_channels(self) -> int:
+        grabbed: list[Tensor] = []
+        handle = self.layer.register_forward_hook(lambda _m, _i, out: grabbed.append(out))
+        try:
+            self.model.encode_image(self.image)
+        finally:
+            handle.remove()
+        out = grabbed[0]
+        return out.shape[1] if out.dim() == 4 else out.shape[-1]
+
+    def run(self, case: str, prompts: int = 1) -> None:
+        text = self.texts[:prompts]
+        target = text[None] if prompts > 1 else text[0]
+        if case == "gscorecam":
+            GScoreCAM(self.model, self.layer).attribute(
+                self.image, target=target, topk=0.1, perturbations_per_eval=self.ppe
+            )
+        elif case == "scorecam":
+            ScoreCAM(self.model, self.layer).attribute(
+                self.image, target=target, perturbations_per_eval=self.ppe
+            )
+        elif case == "gradcam":
+            LayerGradCam(self.similarity, self.layer).attribute(
+                self.image, additional_forward_args=(text[0],)
+            )
+        elif case in ("floor_k", "floor_all"):
+            self.floor(self.k if case == "floor_k" else self.channels)
+        elif case == "pgc_scorecam":
+            self.pytorch_grad_cam(text[0])
+        else:
+            raise ValueError(f"case: unknown {case!r}; expected one of {CASES}")
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+
+    def floor(self, n_images: int) -> None:
+        """``n_images`` forward passes of the image tower, ``ppe`` at a time."""
+        with torch.inference_mode():
+            for start in range(0, n_images, self.ppe):
+                b = min(self.ppe, n_images - start)
+                self.model.encode_image(self.image.expand(b, -1, -1, -1) * 0.5)
+
+    def pytorch_grad_cam(self, text: Tensor) -> None:
+        from pytorch_grad_cam import ScoreCAM as PGCScoreCAM
+
+        reshape = None
+        if not hasattr(self.model.visual, "layer4"):
+            side = math.isqrt(self.model.visual.grid_size[0] * self.model.visual.grid_size[1])
+
+            def reshape(tokens: Tensor) -> Tensor:
+                return tokens[:, 1:].transpose(1, 2).reshape(tokens.shape[0], -1, side, side)
+
+        cam = PGCScoreCAM(TextScore(self.similarity, text), [self.layer], reshape_transform=reshape)
+        cam.batch_size = self.ppe
+        try:
+            cam(self.image, targets=[lambda score: score])
+        finally:
+            cam.activations_and_grads.release()
+
+
+def timed(fn: Callable[[], None], repeats: int) -> float:
+    """Median wall time of ``repeats`` runs, after one warm-up run when repeats > 1."""
+    if repeats > 1:
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_memory(args: argparse.Namespace, model: str, case: str) -> float:
+    """Peak extra memory (MiB) of one case in a fresh process, beyond the loaded model."""
+    cmd = [
+        sys.executable,
+        __file__,
+        "--memory-case",
+        case,
+        "--models",
+        model,
+        "--size",
+        str(args.size),
+        "--device",
+        args.device,
+        "--ppe",
+        str(args.ppe),
+    ]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["extra_mib"]
+
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def memory_case(args: argparse.Namespace) -> None:
+    setup = Setup(args.models, args.size, args.device, args.ppe)
+    if args.device == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        setup.run(args.memory_case)
+        extra = torch.cuda.max_memory_allocated() - base
+    else:
+        base = _rss_kib("VmRSS") * 1024
+        with open("/proc/self/clear_refs", "w") as refs:  # reset the peak (VmHWM) to now
+            refs.write("5")
+        setup.run(args.memory_case)
+        extra = _rss_kib("VmHWM") * 1024 - base
+    print(json.dumps({"case": args.memory_case, "extra_mib": extra / 2**20}))
+
+
+def methods_table(args: argparse.Namespace, name: str) -> list[str]:
+    setup = Setup(name, args.size, args.device, args.ppe)
+    cases = [c for c in CASES if not (args.skip_peers and c == "pgc_scorecam")]
+    seconds, memory = {}, {}
+    for case in cases:
+        repeats = args.repeats if case not in ("scorecam", "pgc_scorecam", "floor_all") else 1
+        seconds[case] = timed(lambda case=case: setup.run(case), repeats)
+        memory[case] = peak_memory(args, name, case) if not args.skip_memory else float("nan")
+        print(f"  {name} {case}: {seconds[case]:.2f} s, {memory[case]:.0f} MiB", file=sys.stderr)
+    floor_g = seconds["floor_k"] + seconds["gradcam"]
+    rows = [
+        f"### {name} at {args.size} px, 1 image, C = {setup.channels}, k = {setup.k}, "
+        f"perturbations_per_eval = {args.ppe}",
+        "",
+        "| case | wall time (s) | peak extra memory (MiB) |",
+        "|---|---:|---:|",
+    ]
+    labels = {
+        "floor_k": f"floor: {setup.k} forwards",
+        "floor_all": f"floor: {setup.channels} forwards",
+        "gradcam": "Captum LayerGradCam (1 fwd + 1 bwd)",
+        "gscorecam": "ours gScoreCAM (k = 10%)",
+        "scorecam": "ours ScoreCAM",
+        "pgc_scorecam": "pytorch-grad-cam ScoreCAM",
+    }
+    rows += [f"| {labels[c]} | {seconds[c]:.2f} | {memory[c]:.0f} |" for c in cases]
+    rows += [
+        "",
+        f"- ours gScoreCAM / floor (k forwards + capture pass): "
+        f"{seconds['gscorecam'] / floor_g:.3f}",
+        f"- ours ScoreCAM / floor (C forwards): {seconds['scorecam'] / seconds['floor_all']:.3f}",
+        f"- ours ScoreCAM / ours gScoreCAM: {seconds['scorecam'] / seconds['gscorecam']:.1f}",
+    ]
+    if "pgc_scorecam" in seconds:
+        rows.append(
+            f"- pytorch-grad-cam ScoreCAM / ours ScoreCAM: "
+            f"{seconds['pgc_scorecam'] / seconds['scorecam']:.2f} (time), "
+            f"{memory['pgc_scorecam'] / max(memory['scorecam'], 1):.1f} (memory)"
+        )
+    return [*rows, ""]
+
+
+def prompts_table(args: argparse.Namespace, name: str) -> list[str]:
+    setup = Setup(name, args.size, args.device, args.ppe, prompts=max(args.prompts))
+    one = timed(lambda: setup.run("gscorecam", prompts=1), args.repeats)
+    rows = [
+        f"### {name}: T prompts for one image (gScoreCAM, k = 10%, random text directions)",
+        "",
+        "| T | one call (s) | T separate calls (s, T x one call) | one call / 1 prompt |",
+        "|---:|---:|---:|---:|",
+    ]
+    for t in args.prompts:
+        together = one if t == 1 else timed(lambda t=t: setup.run("gscorecam", prompts=t), 1)
+        rows.append(f"| {t} | {together:.2f} | {t * one:.2f} | {together / one:.2f} |")
+    return [*rows, ""]
+
+
+def sweep_table(args: argparse.Namespace, name: str) -> list[str]:
+    rows = [
+        f"### {name}: perturbations_per_eval sweep (gScoreCAM, k = 10%)",
+        "",
+        "| perturbations_per_eval | wall time (s) | peak extra memory (MiB) |",
+        "|---:|---:|---:|",
+    ]
+    for ppe in args.sweep:
+        setup = Setup(name, args.size, args.device, ppe)
+        seconds = timed(lambda setup=setup: setup.run("gscorecam"), args.repeats)
+        sub = argparse.Namespace(**{**vars(args), "ppe": ppe})
+        memory = peak_memory(sub, name, "gscorecam") if not args.skip_memory else float("nan")
+        rows.append(f"| {ppe} | {seconds:.2f} | {memory:.0f} |")
+    return [*rows, ""]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="RN50,ViT-B-32")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--ppe", type=int, default=64, help="perturbations_per_eval")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--prompts", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--sweep", type=int, nargs="+", default=[8, 32, 64, 128])
+    parser.add_argument("--skip-peers", action="store_true", help="no pytorch-grad-cam")
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--tables", default="methods,prompts,sweep")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--memory-case", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_case:
+        memory_case(args)
+        return
+    tables = {"methods": methods_table, "prompts": prompts_table, "sweep": sweep_table}
+    lines = [
+        f"Measured {date.today()} on {platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), device {args.device}"
+        + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else ""),
+        "",
+    ]
+    for name in args.models.split(","):
+        for table in args.tables.split(","):
+            lines += tables[table](args, name)
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        with open(args.out, "w") as out:
+            out.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
