@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Protocol
 
 import torch
@@ -139,10 +139,12 @@ def masked_scores(
     n_prompts: int,
     chunk: int,
     progress: str | None = None,
+    autocast: torch.dtype | None = None,
 ) -> Tensor:
     """Scores ``(N, C, T)`` of the masked inputs for (image, channel) ``pairs`` ``(P, 2)``.
 
-    Unscored pairs stay 0; non-finite scores become 0. ``progress`` names a progress bar.
+    Unscored pairs stay 0; non-finite scores become 0. ``progress`` names a progress bar;
+    ``autocast`` runs the masked passes under ``torch.autocast`` with that dtype.
     """
     n, c = activations.shape[:2]
     scores = inputs.new_zeros((n, c, n_prompts), dtype=torch.float32)
@@ -150,12 +152,18 @@ def masked_scores(
     starts = range(0, pairs.shape[0], chunk)
     for start in tqdm(starts, desc=progress, unit="batch", disable=progress is None):
         image_index, channel = pairs[start : start + chunk].unbind(1)
-        with torch.inference_mode():
+        with torch.inference_mode(), _autocast(inputs.device, autocast):
             masks = channel_masks(activations[image_index, channel], size)
             chunk_scores = scorer(inputs[image_index] * masks.to(inputs.dtype), image_index)
             chunk_scores = torch.where(chunk_scores.isfinite(), chunk_scores, 0.0).float()
         scores[image_index, channel] = chunk_scores
     return scores
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def score_cam(
@@ -169,6 +177,7 @@ def score_cam(
     relu: bool,
     layer_input: bool,
     progress: str | None = None,
+    autocast: torch.dtype | None = None,
 ) -> Tensor:
     """Maps ``(N, T, h, w)``; ``topk=None`` scores every channel (ScoreCAM).
 
@@ -186,7 +195,7 @@ def score_cam(
         selected = torch.zeros_like(importance, dtype=torch.bool).scatter_(2, top, True)
     pairs = selected.any(dim=1).nonzero()
     scores = masked_scores(
-        scorer, inputs, activations, pairs, n_prompts, perturbations_per_eval, progress
+        scorer, inputs, activations, pairs, n_prompts, perturbations_per_eval, progress, autocast
     )
     logits = scores.transpose(1, 2).masked_fill(~selected, float("-inf"))
     weights = logits.softmax(dim=2)

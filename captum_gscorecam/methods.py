@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from captum.attr import LayerGradCam
+from captum.attr import IntegratedGradients, LayerGradCam, Occlusion, Saliency
 from torch import Tensor, nn
 
 from captum_gscorecam.attribution import GScoreCAM, ScoreCAM
@@ -11,7 +11,21 @@ from captum_gscorecam.clip import CLIPSimilarity, default_layer, grid_tap
 
 __all__ = ["METHODS", "explain_maps"]
 
-METHODS = {"gscorecam": "gScoreCAM", "scorecam": "ScoreCAM", "gradcam": "LayerGradCam"}
+METHODS = {
+    "gscorecam": "gScoreCAM",
+    "scorecam": "ScoreCAM",
+    "gradcam": "LayerGradCam",
+    "occlusion": "Occlusion",
+    "integrated_gradients": "IntegratedGradients",
+    "saliency": "Saliency",
+    "uniform": "Uniform",
+}
+PIXEL_METHODS = ("occlusion", "integrated_gradients", "saliency")
+
+# Occlusion's window is this fraction of the image side; it moves by half a window.
+OCCLUSION_WINDOW = 1 / 7
+IG_STEPS = 32
+BATCH = 64
 
 
 def explain_maps(
@@ -24,10 +38,20 @@ def explain_maps(
 ) -> Tensor:
     """Maps ``(N, T, h, w)`` of one method for T prompts per image (``text`` is ``(N, T, D)``).
 
+    The CAMs give layer-resolution maps; Occlusion, IntegratedGradients and Saliency give
+    pixel maps ``(N, T, H, W)``; ``uniform`` is the constant map ``1`` at image resolution,
+    a baseline that carries no information. ``topk`` matters to gScoreCAM only.
+
     LayerGradCam is Captum's, through CLIPSimilarity. At a class-token-pooled ViT's last block
     it is zero everywhere (the patch tokens do not reach the output), so on ViT towers it runs
     at the block before.
     """
+    if method not in METHODS:
+        raise ValueError(f"method: unknown method {method!r}; expected one of {list(METHODS)}")
+    if method == "uniform":
+        return images.new_ones(images.shape[0], text.shape[1], *images.shape[-2:])
+    if method in PIXEL_METHODS:
+        return _pixel_maps(model, images, text, method, show_progress)
     layer = default_layer(model)
     if method == "gscorecam":
         return GScoreCAM(model, layer).attribute(
@@ -46,3 +70,46 @@ def explain_maps(
             for t in range(text.shape[1])
         ]
     return torch.cat(maps, dim=1).detach()
+
+
+def _pixel_maps(
+    model: nn.Module, images: Tensor, text: Tensor, method: str, show_progress: bool
+) -> Tensor:
+    """Captum's pixel attributions, one prompt at a time, reduced over colour channels.
+
+    ``map = sum_c attr_c``: Occlusion's score drops and IntegratedGradients' signed
+    contributions (positive = evidence for the prompt); Saliency's ``|d s / d x|``.
+    """
+    similarity = CLIPSimilarity(model)
+    maps = [
+        _pixel_attribution(similarity, images, text[:, t], method, show_progress)
+        for t in range(text.shape[1])
+    ]
+    return torch.stack([m.sum(dim=1) for m in maps], dim=1).detach()
+
+
+def _pixel_attribution(
+    similarity: CLIPSimilarity, images: Tensor, text: Tensor, method: str, show_progress: bool
+) -> Tensor:
+    """Attributions ``(N, 3, H, W)`` of ``logit_scale * cos(image, text)`` for one prompt."""
+    if method == "occlusion":
+        channels, height, width = images.shape[1:]
+        window = (
+            channels,
+            max(1, round(height * OCCLUSION_WINDOW)),
+            max(1, round(width * OCCLUSION_WINDOW)),
+        )
+        stride = (channels, max(1, window[1] // 2), max(1, window[2] // 2))
+        return Occlusion(similarity).attribute(
+            images,
+            sliding_window_shapes=window,
+            strides=stride,
+            additional_forward_args=(text,),
+            perturbations_per_eval=BATCH,
+            show_progress=show_progress,
+        )
+    if method == "integrated_gradients":
+        return IntegratedGradients(similarity).attribute(
+            images, additional_forward_args=(text,), n_steps=IG_STEPS, internal_batch_size=BATCH
+        )
+    return Saliency(similarity).attribute(images, additional_forward_args=(text,), abs=True)

@@ -111,3 +111,16 @@ def test_larger_k_scores_more_channels(rn):
     assert not torch.allclose(
         cam.attribute(x, target=text, topk=1), cam.attribute(x, target=text, topk=100)
     )
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_autocast_bfloat16_stays_close_to_full_precision(request, name):
+    model, cam = cam_for(request, name)
+    x = images_for(model, 3, seed=14)
+    text = texts(3, 2, seed=15)
+    full = cam.attribute(x, target=text, topk=0.25)
+    half = cam.attribute(x, target=text, topk=0.25, autocast=torch.bfloat16)
+    assert half.dtype == torch.float32
+    peak = full.flatten(2).amax(-1)[..., None, None]
+    assert ((full - half).abs() / peak).max() < 0.05
+    assert torch.nn.functional.cosine_similarity(full.flatten(1), half.flatten(1)).min() > 0.999

@@ -224,3 +224,10 @@ def test_additional_args_with_text_target(rn_cam):
     model, cam = rn_cam
     with pytest.raises(ValueError, match="additional_forward_args: must be None"):
         cam.attribute(images_for(model, 1), target=texts(1, 1)[0, 0], additional_forward_args=(1,))
+
+
+@pytest.mark.parametrize("dtype", ["bf16", torch.int8])
+def test_bad_autocast(rn_cam, dtype):
+    model, cam = rn_cam
+    with pytest.raises(TypeError, match="autocast: expected None or a floating torch.dtype"):
+        cam.attribute(images_for(model, 1), target=texts(1, 1)[0, 0], autocast=dtype)
