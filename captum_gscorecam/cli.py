@@ -16,47 +16,27 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from captum_gscorecam.clip import encode_text, load_clip
+from captum_gscorecam.clip import encode_text
+from captum_gscorecam.evaluation.runner import add_evaluate_parser
 from captum_gscorecam.methods import METHODS, explain_maps
+from captum_gscorecam.usage import UsageError, load_model, parse_topk
 from captum_gscorecam.visualization import show_maps, to_image, upsample
 
-
-class UsageError(Exception):
-    """A mistake the user can fix: printed as one line, exit status 2."""
-
-
-def _load(name: str, pretrained: str | None, device: str) -> tuple:
-    try:
-        return load_clip(name, pretrained, device)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
-    except (RuntimeError, OSError) as error:
-        raise UsageError(
-            f"pretrained: could not load {name!r} with pretrained={pretrained!r}: "
-            f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
-        ) from None
-
-
-def _topk(text: str) -> int | float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a count or a fraction, got {text!r}") from None
-    return int(value) if value >= 1 and value.is_integer() else value
+DEMO_METHODS = {name: METHODS[name] for name in ("gscorecam", "scorecam", "gradcam")}
 
 
 def demo(args: argparse.Namespace) -> None:
     """Explain every object of a few held-out shapes scenes with three methods; one figure."""
     from captum_gscorecam.shapes import render_scene
 
-    model, preprocess, tokenizer = _load(f"shapes-{args.tower}", None, args.device)
+    model, preprocess, tokenizer = load_model(f"shapes-{args.tower}", None, args.device)
     size = model.visual.image_size
     size = size[0] if isinstance(size, tuple) else size
     scenes = [render_scene(args.seed + i, args.objects, size) for i in range(args.scenes)]
     images = torch.stack([preprocess(scene.image) for scene in scenes]).to(args.device)
     text = torch.stack([encode_text(model, tokenizer, scene.captions) for scene in scenes])
     columns, hits, seconds = [], {}, {}
-    for method, label in METHODS.items():
+    for method, label in DEMO_METHODS.items():
         start = time.perf_counter()
         maps = upsample(explain_maps(model, images, text, method, args.topk), (size, size))
         seconds[label] = time.perf_counter() - start
@@ -69,12 +49,12 @@ def demo(args: argparse.Namespace) -> None:
         [to_image(images[i].cpu()) for i, _ in rows],
         [[maps[i, t] for maps in columns] for i, t in rows],
         [scenes[i].captions[t] for i, t in rows],
-        list(METHODS.values()),
+        list(DEMO_METHODS.values()),
     )
     fig.savefig(args.out, dpi=100)
     print(f"shapes-{args.tower}: {args.scenes} held-out scenes x {args.objects} objects")
     print(f"{'method':<14}{'peak inside the object':>24}{'time (s)':>10}")
-    for label in METHODS.values():
+    for label in DEMO_METHODS.values():
         print(f"{label:<14}{hits[label]:>24.2f}{seconds[label]:>10.1f}")
     print(f"wrote {args.out}")
 
@@ -90,7 +70,7 @@ def explain(args: argparse.Namespace) -> None:
         photo = Image.open(path).convert("RGB")
     except (UnidentifiedImageError, OSError):
         raise UsageError(f"image: not an image file: {path}") from None
-    model, preprocess, tokenizer = _load(args.model, args.pretrained, args.device)
+    model, preprocess, tokenizer = load_model(args.model, args.pretrained, args.device)
     images = preprocess(photo).unsqueeze(0).to(args.device)
     text = encode_text(model, tokenizer, args.prompt)[None]
     maps = explain_maps(model, images, text, args.method, args.topk, show_progress=True)
@@ -123,7 +103,7 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--scenes", type=int, default=3)
     d.add_argument("--objects", type=int, default=3, choices=range(1, 7), metavar="1..6")
     d.add_argument("--seed", type=int, default=10_000_000, help="first held-out scene seed")
-    d.add_argument("--topk", type=_topk, default=0.1, help="count, or fraction of channels")
+    d.add_argument("--topk", type=parse_topk, default=0.1, help="count, or fraction of channels")
     d.add_argument("--device", default="cpu")
     d.set_defaults(run=demo)
     e = sub.add_parser("explain", help="explain an image file against prompts")
@@ -132,10 +112,11 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default="shapes-rn", help="shapes-rn, shapes-vit or open_clip name")
     e.add_argument("--pretrained", default=None, help="open_clip tag (openai) or a checkpoint")
     e.add_argument("--method", choices=list(METHODS), default="gscorecam")
-    e.add_argument("--topk", type=_topk, default=300, help="count, or fraction of channels")
+    e.add_argument("--topk", type=parse_topk, default=300, help="count, or fraction of channels")
     e.add_argument("--device", default="cpu")
     e.add_argument("--out", default="out.png")
     e.set_defaults(run=explain)
+    add_evaluate_parser(sub)
     return root
 
 

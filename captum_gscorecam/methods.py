@@ -78,7 +78,8 @@ def _pixel_maps(
     """Captum's pixel attributions, one prompt at a time, reduced over colour channels.
 
     ``map = sum_c attr_c``: Occlusion's score drops and IntegratedGradients' signed
-    contributions (positive = evidence for the prompt); Saliency's ``|d s / d x|``.
+    contributions (positive = evidence for the prompt); Saliency's ``|d s / d x|``. Both
+    baselines are 0, the mean colour of CLIP's normalised images.
     """
     similarity = CLIPSimilarity(model)
     maps = [
@@ -112,4 +113,6 @@ def _pixel_attribution(
         return IntegratedGradients(similarity).attribute(
             images, additional_forward_args=(text,), n_steps=IG_STEPS, internal_batch_size=BATCH
         )
-    return Saliency(similarity).attribute(images, additional_forward_args=(text,), abs=True)
+    # A leaf that requires grad, so Captum need not flip (and warn about) the caller's tensor.
+    leaf = images.detach().requires_grad_(True)
+    return Saliency(similarity).attribute(leaf, additional_forward_args=(text,), abs=True)

@@ -229,5 +229,5 @@ def test_additional_args_with_text_target(rn_cam):
 @pytest.mark.parametrize("dtype", ["bf16", torch.int8])
 def test_bad_autocast(rn_cam, dtype):
     model, cam = rn_cam
-    with pytest.raises(TypeError, match="autocast: expected None or a floating torch.dtype"):
+    with pytest.raises(TypeError, match=r"autocast: expected None or a floating torch\.dtype"):
         cam.attribute(images_for(model, 1), target=texts(1, 1)[0, 0], autocast=dtype)

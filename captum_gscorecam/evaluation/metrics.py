@@ -17,6 +17,7 @@ from skimage.filters import threshold_otsu
 __all__ = [
     "box_accuracy",
     "box_iou",
+    "box_iou_curve",
     "deletion_auc",
     "energy_pointing",
     "insertion_auc",
@@ -127,7 +128,7 @@ def max_box_acc_v2(
         )
     ious = np.stack(
         [
-            _iou_per_threshold(saliency, np.asarray(boxes).reshape(-1, 4))
+            box_iou_curve(saliency, np.asarray(boxes).reshape(-1, 4))
             for saliency, boxes in zip(saliencies, boxes_per_image, strict=True)
         ]
     )  # (N, T)
@@ -284,7 +285,7 @@ def _auc(
     return float(np.trapezoid(np.concatenate(scores), counts / saliency.size))
 
 
-def _iou_per_threshold(saliency: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+def box_iou_curve(saliency: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """Best IoU of any component box of ``minmax(map) >= tau`` with any box, per ``tau``."""
     if _is_constant(saliency):
         return np.zeros(_CAM_THRESHOLDS.size)

@@ -1,0 +1,164 @@
+"""Evaluation examples, one per (image, class present), with ground truth in the model's frame.
+
+Every example's image is square, ``size x size`` pixels, the model's input size, and its boxes
+and mask are in that pixel frame. A square image passes the usual CLIP preprocess (resize the
+short side, center crop) unchanged, so nothing is cropped away: shapes scenes are rendered at
+``size``, and COCO images are resized to ``size x size`` (aspect ratio not kept) with their
+boxes and masks scaled by the same factors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from skimage.draw import polygon
+
+from captum_gscorecam.shapes import DEFAULT_SIZE, render_scene
+from captum_gscorecam.shapes.coco import ANNOTATIONS, IMAGES, rle_decode
+
+__all__ = ["Example", "coco_examples", "shapes_examples"]
+
+
+@dataclass(frozen=True, eq=False)
+class Example:
+    """One class present in one image.
+
+    Attributes:
+        image_id: Identifies the image; examples of one image share it.
+        prompt: The text explained, naming the class.
+        boxes: int64 ``(n, 4)`` boxes of every instance of the class, ``x0, y0, x1, y1``
+            (exclusive ends), in the ``size x size`` frame.
+        mask: bool ``(size, size)`` union of the instances' masks, or None when unknown.
+        n_objects: Annotated objects in the image, of any class.
+        source: The image, an ``(size, size, 3)`` uint8 array or a file to resize.
+        size: Side of the square frame in pixels.
+    """
+
+    image_id: str
+    prompt: str
+    boxes: np.ndarray
+    mask: np.ndarray | None
+    n_objects: int
+    source: np.ndarray | Path
+    size: int
+
+    def load_image(self) -> np.ndarray:
+        """The image as ``(size, size, 3)`` uint8; files are resized bicubically, uncropped."""
+        if isinstance(self.source, np.ndarray):
+            return self.source
+        with Image.open(self.source) as image:
+            rgb = image.convert("RGB").resize((self.size, self.size), Image.Resampling.BICUBIC)
+            return np.asarray(rgb)
+
+
+def shapes_examples(
+    seeds: Iterable[int], objects: tuple[int, int] = (3, 6), size: int = DEFAULT_SIZE
+) -> list[Example]:
+    """One example per object of each seed's shapes scene, prompted with its caption.
+
+    The scene of seed ``s`` holds ``lo + s mod (hi - lo + 1)`` objects for ``objects = (lo,
+    hi)``, so consecutive seeds cycle through the counts. Objects of a scene are distinct
+    (colour, shape) pairs, so each example has one box and the object's exact mask.
+    """
+    low, high = objects
+    examples = []
+    for seed in seeds:
+        scene = render_scene(seed, low + seed % (high - low + 1), size)
+        for caption, box, mask in zip(scene.captions, scene.boxes, scene.masks, strict=True):
+            examples.append(
+                Example(str(seed), caption, box[None], mask, len(scene.objects), scene.image, size)
+            )
+    return examples
+
+
+def coco_examples(
+    root: str | Path,
+    size: int,
+    template: str = "{}",
+    limit: int | None = None,
+    annotations: str | Path | None = None,
+    images: str | Path | None = None,
+) -> list[Example]:
+    """One example per category present in each image of a COCO instances dataset.
+
+    The prompt is ``template.format(category name)`` (the paper uses the bare name; CLIP's
+    ``"a photo of a {}"`` is the other common choice). Crowd annotations are skipped. Boxes
+    ``[x, y, w, h]`` become ``floor(x s), floor(y s'), ceil((x + w) s), ceil((y + h) s')`` with
+    ``s = size / width``, ``s' = size / height``; masks come from polygons (filled in the scaled
+    frame) or uncompressed RLE (resized, nearest); compressed RLE leaves the mask unknown.
+
+    Args:
+        root: The dataset folder, laid out as ``export_coco`` writes it.
+        size: The model's square input size.
+        template: Prompt template with one ``{}`` for the category name.
+        limit: The first ``limit`` images only (file order); None for all.
+        annotations: The instances JSON; default ``root/annotations/instances.json``.
+        images: The image folder; default ``root/images``.
+    """
+    root = Path(root)
+    data = json.loads(Path(annotations or root / ANNOTATIONS).read_text())
+    image_dir = Path(images or root / IMAGES)
+    names = {category["id"]: category["name"] for category in data["categories"]}
+    per_image: dict[int, list[dict]] = {image["id"]: [] for image in data["images"]}
+    for annotation in data["annotations"]:
+        if not annotation.get("iscrowd", 0):
+            per_image[annotation["image_id"]].append(annotation)
+    examples = []
+    for image in data["images"][:limit]:
+        by_category: dict[int, list[dict]] = {}
+        for annotation in per_image[image["id"]]:
+            by_category.setdefault(annotation["category_id"], []).append(annotation)
+        scale = (size / image["width"], size / image["height"])
+        for category, instances in by_category.items():
+            examples.append(
+                Example(
+                    image_id=str(image["id"]),
+                    prompt=template.format(names[category]),
+                    boxes=np.stack([_scaled_box(a["bbox"], scale, size) for a in instances]),
+                    mask=_class_mask(instances, image, size),
+                    n_objects=len(per_image[image["id"]]),
+                    source=image_dir / image["file_name"],
+                    size=size,
+                )
+            )
+    return examples
+
+
+def _scaled_box(bbox: Sequence[float], scale: tuple[float, float], size: int) -> np.ndarray:
+    """COCO ``[x, y, w, h]`` to ``x0, y0, x1, y1`` (exclusive) covering it in the scaled frame."""
+    x, y, w, h = bbox
+    sx, sy = scale
+    box = [math.floor(x * sx), math.floor(y * sy), math.ceil((x + w) * sx), math.ceil((y + h) * sy)]
+    return np.clip(np.array(box, dtype=np.int64), 0, size)
+
+
+def _class_mask(instances: list[dict], image: dict, size: int) -> np.ndarray | None:
+    """Union of the instances' masks at ``size x size``; None if one cannot be decoded."""
+    union = np.zeros((size, size), dtype=bool)
+    for annotation in instances:
+        mask = _instance_mask(annotation.get("segmentation"), image, size)
+        if mask is None:
+            return None
+        union |= mask
+    return union
+
+
+def _instance_mask(segmentation: object, image: dict, size: int) -> np.ndarray | None:
+    """One instance's mask at ``size x size`` from polygons or uncompressed RLE."""
+    if isinstance(segmentation, list) and segmentation:
+        mask = np.zeros((size, size), dtype=bool)
+        sx, sy = size / image["width"], size / image["height"]
+        for points in segmentation:
+            xy = np.asarray(points, dtype=float).reshape(-1, 2)
+            mask[polygon(xy[:, 1] * sy, xy[:, 0] * sx, (size, size))] = True
+        return mask
+    if isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
+        full = Image.fromarray(rle_decode(segmentation))
+        return np.asarray(full.resize((size, size), Image.Resampling.NEAREST))
+    return None

@@ -1,0 +1,370 @@
+"""The evaluation runner: datasets, the baselines in methods.py, resume, torch.distributed, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from conftest import images_for, texts, tiny_rn, tiny_vit
+from PIL import Image
+
+import captum_gscorecam.evaluation.runner as runner
+from captum_gscorecam import CLIPSimilarity, encode_text
+from captum_gscorecam.evaluation import (
+    MetricParams,
+    add_evaluate_parser,
+    coco_examples,
+    evaluate,
+    max_box_acc_v2,
+    shapes_examples,
+)
+from captum_gscorecam.methods import METHODS, explain_maps
+from captum_gscorecam.shapes import export_coco, render_scene
+from captum_gscorecam.shapes.models import make_preprocess
+from captum_gscorecam.usage import UsageError
+from captum_gscorecam.visualization import upsample
+
+SIZE = 64
+SEEDS = (10_000_000, 10_000_001, 10_000_002)
+FAST = ["gscorecam", "gradcam", "occlusion", "uniform"]
+NEW_METHODS = ["occlusion", "integrated_gradients", "saliency", "uniform"]
+PNG_MAGIC = b"\x89PNG"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One thread: the machine is shared, and thread counts must match across processes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_model() -> torch.nn.Module:
+    return tiny_vit(image_size=SIZE, patch_size=16)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_model()
+
+
+@pytest.fixture(scope="module")
+def examples():
+    return shapes_examples(SEEDS[:2], (2, 3), SIZE)
+
+
+def run(model, tokenizer, examples, out, methods=FAST, **kwargs):
+    return evaluate(model, make_preprocess(SIZE), tokenizer, examples, methods, 0.1, out, **kwargs)
+
+
+def without_time(rows):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+# Datasets
+
+
+def test_shapes_examples_are_the_scenes_objects():
+    examples = shapes_examples(SEEDS, (2, 3), SIZE)
+    for seed in SEEDS:
+        scene = render_scene(seed, 2 + seed % 2, SIZE)
+        mine = [e for e in examples if e.image_id == str(seed)]
+        assert [e.prompt for e in mine] == scene.captions
+        for example, box, mask in zip(mine, scene.boxes, scene.masks, strict=True):
+            np.testing.assert_array_equal(example.boxes, box[None])
+            np.testing.assert_array_equal(example.mask, mask)
+            np.testing.assert_array_equal(example.load_image(), scene.image)
+            assert example.n_objects == len(scene.objects)
+    assert {e.n_objects for e in examples} == {2, 3}
+
+
+def test_coco_round_trip_through_export_coco(tmp_path):
+    export_coco(tmp_path, SEEDS[:2], n_objects=2, size=SIZE)
+    examples = coco_examples(tmp_path, SIZE, template="a {}")
+    scenes = [render_scene(seed, 2, SIZE) for seed in SEEDS[:2]]
+    assert [e.prompt for e in examples] == [c for s in scenes for c in s.captions]
+    objects = [(scene, i) for scene in scenes for i in range(2)]
+    for example, (scene, i) in zip(examples, objects, strict=True):
+        np.testing.assert_array_equal(example.boxes, scene.boxes[i][None])
+        np.testing.assert_array_equal(example.mask, scene.masks[i])
+        np.testing.assert_array_equal(example.load_image(), scene.image)
+        assert example.n_objects == 2
+    assert len(coco_examples(tmp_path, SIZE, limit=1)) == 2
+
+
+def test_coco_resize_scales_boxes_polygons_and_skips_crowds(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "annotations").mkdir()
+    Image.new("RGB", (100, 50), "white").save(tmp_path / "images" / "a.png")
+    square = [10, 10, 30, 10, 30, 30, 10, 30]
+    data = {
+        "images": [{"id": 7, "file_name": "a.png", "width": 100, "height": 50}],
+        "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+        "annotations": [
+            {"image_id": 7, "category_id": 1, "bbox": [10, 10, 20, 20], "segmentation": [square]},
+            {
+                "image_id": 7,
+                "category_id": 1,
+                "bbox": [50, 0, 50, 50],
+                "segmentation": {"counts": "PPYo0", "size": [50, 100]},
+            },
+            {"image_id": 7, "category_id": 2, "bbox": [0, 0, 5, 5], "iscrowd": 1},
+        ],
+    }
+    (tmp_path / "annotations" / "instances.json").write_text(json.dumps(data))
+    (example,) = coco_examples(tmp_path, 64, template="a photo of a {}")
+    assert example.prompt == "a photo of a cat"
+    assert example.image_id == "7"
+    assert example.n_objects == 2
+    # x scales by 0.64, y by 1.28; boxes grow outwards to whole pixels
+    np.testing.assert_array_equal(example.boxes, [[6, 12, 20, 39], [32, 0, 64, 64]])
+    assert example.mask is None  # compressed RLE is not decoded
+    assert example.load_image().shape == (64, 64, 3)
+    data["annotations"] = data["annotations"][:1]
+    (tmp_path / "annotations" / "instances.json").write_text(json.dumps(data))
+    (example,) = coco_examples(tmp_path, 64)
+    rows, cols = np.nonzero(example.mask)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (13, 38, 7, 19)
+
+
+# The baselines in methods.py
+
+
+@pytest.mark.parametrize("make", [tiny_rn, tiny_vit])
+@pytest.mark.parametrize("method", NEW_METHODS)
+def test_new_methods_give_one_pixel_map_per_prompt(make, method):
+    model = make()
+    images, text = images_for(model, 2), texts(2, 3)
+    maps = explain_maps(model, images, text, method, topk=0.1)
+    assert maps.shape == (2, 3, *images.shape[-2:])
+    assert not maps.requires_grad
+    assert torch.isfinite(maps).all()
+    if method == "uniform":
+        assert (maps == 1).all()
+    else:
+        assert maps.abs().sum() > 0
+
+
+def test_integrated_gradients_maps_add_up_to_the_score_difference(model):
+    images, text = images_for(model, 1), texts(1, 2)
+    maps = explain_maps(model, images, text, "integrated_gradients", topk=0.1)
+    with torch.no_grad():
+        scores = CLIPSimilarity(model)(images, text)
+        baseline = CLIPSimilarity(model)(torch.zeros_like(images), text)
+    torch.testing.assert_close(maps.sum(dim=(2, 3)), scores - baseline, atol=0.05, rtol=0.05)
+
+
+def test_saliency_maps_are_absolute_gradients_summed_over_colours(model):
+    images, text = images_for(model, 1), texts(1, 1)
+    x = images.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(CLIPSimilarity(model)(x, text[:, 0]).sum(), x)
+    maps = explain_maps(model, images, text, "saliency", topk=0.1)
+    torch.testing.assert_close(maps[:, 0], grad.abs().sum(dim=1))
+
+
+def test_unknown_method_names_the_argument(model):
+    with pytest.raises(ValueError, match="method: unknown method 'nope'"):
+        explain_maps(model, images_for(model, 1), texts(1, 1), "nope", topk=0.1)
+
+
+# The runner
+
+
+def test_evaluate_end_to_end(tmp_path, model, tokenizer, examples):
+    params = MetricParams(faithfulness_steps=4)
+    results = run(model, tokenizer, examples, tmp_path, list(METHODS), params=params)
+    for name in ("results.json", "results.md", "results.png", "results.jsonl", "run.json"):
+        assert (tmp_path / name).is_file()
+    assert (tmp_path / "results.png").read_bytes()[:4] == PNG_MAGIC
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["summary"] == results["summary"]
+    assert len(saved["rows"]) == len(examples) * len(METHODS)
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 2
+    for row in saved["rows"]:
+        for key in ("box_iou", "energy", "mask_iou"):
+            assert 0.0 <= row[key] <= 1.0
+        assert np.isfinite([row["deletion"], row["insertion"]]).all()
+        assert row["seconds"] >= 0
+    table = (tmp_path / "results.md").read_text()
+    assert all(label in table for label in METHODS.values())
+    assert "1-3 objects" in table
+    assert saved["by_objects"]["1-3"]["gscorecam"]["examples"] == len(examples)
+
+
+def test_uniform_baseline_scores_what_a_constant_map_should(tmp_path, model, tokenizer, examples):
+    results = run(model, tokenizer, examples, tmp_path, ["uniform"])
+    for row, example in zip(results["rows"], examples, strict=True):
+        assert (row["pointing"], row["box_hit"], row["box_iou"], row["mask_iou"]) == (
+            False,
+            False,
+            0.0,
+            0.0,
+        )
+        (x0, y0, x1, y1), *_ = example.boxes
+        assert row["energy"] == pytest.approx((x1 - x0) * (y1 - y0) / SIZE**2)
+    assert results["summary"]["uniform"]["max_box_acc_v2"] == 0.0
+
+
+def test_max_box_acc_v2_over_rows_equals_the_metric_on_the_maps(
+    tmp_path, model, tokenizer, examples
+):
+    results = run(model, tokenizer, examples, tmp_path, ["gscorecam"])
+    maps, boxes = [], []
+    for image_id in dict.fromkeys(e.image_id for e in examples):
+        group = [e for e in examples if e.image_id == image_id]
+        image = make_preprocess(SIZE)(group[0].load_image())[None]
+        text = encode_text(model, tokenizer, [e.prompt for e in group])[None]
+        maps += list(upsample(explain_maps(model, image, text, "gscorecam", 0.1), (SIZE, SIZE))[0])
+        boxes += [e.boxes for e in group]
+    expected = max_box_acc_v2(maps, boxes)
+    assert results["summary"]["gscorecam"]["max_box_acc_v2"] == pytest.approx(expected)
+
+
+def test_resume_skips_finished_images(tmp_path, model, tokenizer, monkeypatch):
+    examples = shapes_examples(SEEDS, (2, 3), SIZE)
+    first = [e for e in examples if e.image_id == str(SEEDS[0])]
+    run(model, tokenizer, first, tmp_path)
+    calls = []
+
+    def counting(model, images, text, method, topk):
+        calls.append(method)
+        return explain_maps(model, images, text, method, topk)
+
+    monkeypatch.setattr(runner, "explain_maps", counting)
+    jsonl = tmp_path / "results.jsonl"
+    text = jsonl.read_text()
+    jsonl.write_text(text + text[: len(text) // 2])  # a second record cut short by a crash
+    resumed = run(model, tokenizer, examples, tmp_path)
+    assert calls == FAST * 2  # only the two new images
+    lines = jsonl.read_text().splitlines()
+    assert len(lines) == 4
+    assert [json.loads(line)["image_id"] for line in lines[2:]] == [str(s) for s in SEEDS[1:]]
+    calls.clear()
+    again = run(model, tokenizer, examples, tmp_path)
+    assert calls == []
+    assert again["rows"] == resumed["rows"]
+    monkeypatch.undo()
+    fresh = run(model, tokenizer, examples, tmp_path / "fresh")
+    assert without_time(fresh["rows"]) == without_time(resumed["rows"])
+    assert len(resumed["rows"]) == len(examples) * len(FAST)
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path, model, tokenizer, examples):
+    run(model, tokenizer, examples[:1], tmp_path, ["uniform"])
+    with pytest.raises(ValueError, match=r"out: .* other settings"):
+        run(model, tokenizer, examples, tmp_path, ["uniform", "saliency"])
+
+
+def test_unknown_methods_are_refused_by_evaluate(tmp_path, model, tokenizer, examples):
+    with pytest.raises(ValueError, match="methods: unknown"):
+        run(model, tokenizer, examples, tmp_path, ["gscorecam", "nope"])
+
+
+def test_examples_at_another_size_than_the_model_input_are_refused(tmp_path, model, tokenizer):
+    examples = shapes_examples(SEEDS[:1], (1, 1), 96)
+    with pytest.raises(ValueError, match="examples: built at 96 px"):
+        run(model, tokenizer, examples, tmp_path, ["uniform"])
+
+
+# torch.distributed
+
+
+def open_tokenizer():
+    import open_clip
+
+    return open_clip.get_tokenizer("RN50", context_length=16)
+
+
+def distributed_worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2"
+    )
+    torch.set_num_threads(1)
+    assert runner.init_distributed("cpu") == "cpu"
+    try:
+        examples = shapes_examples(SEEDS, (2, 3), SIZE)
+        evaluate(make_model(), make_preprocess(SIZE), open_tokenizer(), examples, FAST, 0.1, out)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_ranks_give_the_single_process_results(tmp_path, model, tokenizer):
+    single = run(model, tokenizer, shapes_examples(SEEDS, (2, 3), SIZE), tmp_path / "single")
+    out = tmp_path / "dist"
+    mp.spawn(distributed_worker, args=(free_port(), str(out)), nprocs=2, join=True)
+    shards = [(out / f"results.rank{r}.jsonl").read_text().splitlines() for r in range(2)]
+    assert [len(s) for s in shards] == [2, 1]  # images 0, 2 on rank 0; image 1 on rank 1
+    both = json.loads((out / "results.json").read_text())
+    assert without_time(both["rows"]) == without_time(single["rows"])
+    for method in FAST:
+        for scores in (both["summary"][method], single["summary"][method]):
+            scores.pop("seconds_per_image")
+        assert both["summary"][method] == single["summary"][method]
+
+
+# The command line
+
+
+def evaluate_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gscorecam")
+    add_evaluate_parser(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--methods", "gscorecam,nope"], "argument --methods: unknown method(s) ['nope']"),
+        (["--dataset", "imagenet"], "argument --dataset: invalid choice: 'imagenet'"),
+        (["--objects", "0-9"], "argument --objects: expected LOW-HIGH within 1-6"),
+        (["--limit", "0"], "argument --limit: expected a positive integer"),
+    ],
+)
+def test_bad_arguments_name_the_argument(capsys, argv, message):
+    with pytest.raises(SystemExit):
+        evaluate_parser().parse_args(["evaluate", *argv])
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--dataset", "coco"], "root: --dataset coco needs --root DIR"),
+        (["--dataset", "coco", "--root", "{tmp}"], "root: no annotations"),
+    ],
+)
+def test_coco_without_a_dataset_is_a_usage_error(tmp_path, argv, message):
+    args = evaluate_parser().parse_args(["evaluate", *[a.format(tmp=tmp_path) for a in argv]])
+    with pytest.raises(UsageError, match=message):
+        args.run(args)
+
+
+def test_evaluate_command_on_a_coco_folder(tmp_path, capsys, monkeypatch, model, tokenizer):
+
+    monkeypatch.setattr(runner, "load_model", lambda *_: (model, make_preprocess(SIZE), tokenizer))
+    export_coco(tmp_path / "coco", SEEDS, n_objects=2, size=SIZE)
+    argv = ["evaluate", "--dataset", "coco", "--root", str(tmp_path / "coco"), "--limit", "1"]
+    argv += ["--template", "a {}", "--methods", "gscorecam,uniform", "--out", str(tmp_path / "o")]
+    args = evaluate_parser().parse_args(argv)
+    args.run(args)
+    assert "| gScoreCAM |" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert saved["config"]["run"]["template"] == "a {}"
+    assert {row["prompt"] for row in saved["rows"]} == set(render_scene(SEEDS[0], 2, SIZE).captions)
+    assert len(saved["rows"]) == 2 * 2
+    args.topk = 0.5
+    with pytest.raises(UsageError, match=r"out: .* other settings"):
+        args.run(args)
