@@ -66,13 +66,13 @@ def reference_gscorecam(
     scale = model.logit_scale.exp()
 
     def score(x: torch.Tensor) -> torch.Tensor:
-        return scale * F.cosine_similarity(model.encode_image(x), text[None], dim=-1)[0]
+        return scale * F.cosine_similarity(model.encode_image(x), text[None], dim=-1)
 
     store = {}
     handle = layer.register_forward_hook(lambda _m, _i, out: store.update(out=out))
     try:
         x = image[None].clone().requires_grad_(True)
-        s = score(x)
+        s = score(x)[0]
     finally:
         handle.remove()
     out = store["out"]
@@ -84,12 +84,12 @@ def reference_gscorecam(
         acts = out[0, 1:].detach().T.reshape(-1, side, side)
         alpha = grad[0, 0]
     channels = range(acts.shape[0]) if topk is None else alpha.argsort(descending=True)[:topk]
-    scores, maps = [], []
+    masked, maps = [], []
     with torch.no_grad():
         for c in channels:
             up = F.interpolate(acts[c][None, None], size=image.shape[1:], mode="bilinear")
             mask = (up - up.min()) / (up.max() - up.min() + 1e-6)
-            scores.append(score(image[None] * mask))
+            masked.append(image[None] * mask)
             maps.append(acts[c])
-        weights = torch.softmax(torch.stack(scores), dim=0)
+        weights = torch.softmax(score(torch.cat(masked)), dim=0)  # one batch: the formula as is
         return F.relu((weights[:, None, None] * torch.stack(maps)).sum(0))
