@@ -206,6 +206,8 @@ class ShapesDataset(Dataset):
         size: Image side in pixels; None means ``DEFAULT_SIZE``.
         transform: Maps the (H, W, 3) uint8 image to a tensor; None means ``to_tensor``.
         caption_objects: Most objects a caption names.
+        partial_captions: Name a random number of objects, from one to the most allowed, so that
+            single-object prompts also describe crowded scenes.
     """
 
     def __init__(
@@ -215,17 +217,20 @@ class ShapesDataset(Dataset):
         size: int | None = None,
         transform: Callable[[np.ndarray], torch.Tensor] | None = None,
         caption_objects: int = 3,
+        partial_captions: bool = False,
     ) -> None:
         self.seeds = seeds
         self.n_objects = n_objects
         self.size = size
         self.transform = to_tensor if transform is None else transform
         self.caption_objects = caption_objects
+        self.partial_captions = partial_captions
 
     def __len__(self) -> int:
         return len(self.seeds)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+    def sample(self, index: int) -> tuple[Scene, list[tuple[str, str]]]:
+        """The scene of an index and the objects its caption names, in caption order."""
         seed = int(self.seeds[index])
         # A second stream of the same seed, so captions never disturb the scene's own draws.
         rng = np.random.default_rng([seed, 1])
@@ -233,6 +238,17 @@ class ShapesDataset(Dataset):
         if n_objects is not None and not isinstance(n_objects, int):
             n_objects = int(rng.choice(list(n_objects)))
         scene = render_scene(seed, n_objects, self.size)
-        order = rng.permutation(len(scene.captions))[: self.caption_objects]
-        caption = " and ".join(scene.captions[i] for i in order)
-        return self.transform(scene.image), caption
+        named = min(self.caption_objects, len(scene.objects))
+        if self.partial_captions:
+            named = int(rng.integers(1, named + 1))
+        order = rng.permutation(len(scene.objects))[:named]
+        return scene, [scene.objects[i] for i in order]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        scene, named = self.sample(index)
+        return self.transform(scene.image), caption(named)
+
+
+def caption(objects: Sequence[tuple[str, str]]) -> str:
+    """The prompts of (colour, shape) objects joined by " and "."""
+    return " and ".join(prompt(color, shape) for color, shape in objects)
