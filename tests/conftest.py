@@ -11,6 +11,10 @@ from torch import nn
 
 from captum_gscorecam import default_layer
 
+# The test models are tiny: one thread is as fast, and immune to a busy second core (OpenMP
+# threads spin-waiting on a descheduled peer made the suite 50x slower on a loaded machine).
+torch.set_num_threads(1)
+
 TEXT_CFG = CLIPTextCfg(context_length=16, vocab_size=49408, width=32, heads=2, layers=1)
 
 
