@@ -2,6 +2,7 @@
 
 from captum_gscorecam.attribution import GScoreCAM, ScoreCAM
 from captum_gscorecam.clip import CLIPSimilarity, default_layer, encode_text
+from captum_gscorecam.hila import HilaCAM
 
-__all__ = ["CLIPSimilarity", "GScoreCAM", "ScoreCAM", "default_layer", "encode_text"]
+__all__ = ["CLIPSimilarity", "GScoreCAM", "HilaCAM", "ScoreCAM", "default_layer", "encode_text"]
 __version__ = "0.1.0"

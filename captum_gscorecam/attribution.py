@@ -53,7 +53,7 @@ class _MaskedLayerCAM(LayerAttribution):
         show_progress: bool,
         autocast: torch.dtype | None,
     ) -> Tensor:
-        images = _check_inputs(inputs)
+        images = check_inputs(inputs)
         if autocast is not None and not (
             isinstance(autocast, torch.dtype) and autocast.is_floating_point
         ):
@@ -66,7 +66,7 @@ class _MaskedLayerCAM(LayerAttribution):
             raise ValueError(
                 f"perturbations_per_eval: expected an int >= 1, got {perturbations_per_eval!r}"
             )
-        scorer = self._scorer(images, target, additional_forward_args)
+        scorer = make_scorer(self.forward_func, images, target, additional_forward_args)
         model = getattr(self.forward_func, "model", None)
         view = (
             CustomGrid(reshape_transform)
@@ -87,23 +87,6 @@ class _MaskedLayerCAM(LayerAttribution):
                 progress=self.get_name() if show_progress else None,
                 autocast=autocast,
             )
-
-    def _scorer(self, images: Tensor, target: object, additional_forward_args: Any) -> Scorer:
-        n = images.shape[0]
-        if not (isinstance(target, Tensor) and target.is_floating_point()):
-            return TargetScorer(
-                self.forward_func, target, additional_forward_args, n, images.device
-            )
-        if not isinstance(self.forward_func, CLIPSimilarity):
-            raise TypeError(
-                "target: a floating-point target is a text embedding and needs a CLIP model "
-                "(or CLIPSimilarity) as forward_func; use integer targets for other models"
-            )
-        if additional_forward_args is not None:
-            raise ValueError(
-                "additional_forward_args: must be None when target is a text embedding"
-            )
-        return TextScorer(self.forward_func, _text_per_image(target, n).to(images.device))
 
 
 class GScoreCAM(_MaskedLayerCAM, GradientAttribution):
@@ -273,7 +256,28 @@ class ScoreCAM(_MaskedLayerCAM, PerturbationAttribution):
         )
 
 
-def _check_inputs(inputs: Tensor | tuple[Tensor]) -> Tensor:
+def make_scorer(
+    forward_func: Callable[..., Tensor],
+    images: Tensor,
+    target: object,
+    additional_forward_args: Any,
+) -> Scorer:
+    """The per-image scorer of a call: text embeddings with a CLIP model, else Captum's target."""
+    n = images.shape[0]
+    if not (isinstance(target, Tensor) and target.is_floating_point()):
+        return TargetScorer(forward_func, target, additional_forward_args, n, images.device)
+    if not isinstance(forward_func, CLIPSimilarity):
+        raise TypeError(
+            "target: a floating-point target is a text embedding and needs a CLIP model "
+            "(or CLIPSimilarity) as forward_func; use integer targets for other models"
+        )
+    if additional_forward_args is not None:
+        raise ValueError("additional_forward_args: must be None when target is a text embedding")
+    return TextScorer(forward_func, _text_per_image(target, n).to(images.device))
+
+
+def check_inputs(inputs: Tensor | tuple[Tensor]) -> Tensor:
+    """The image batch ``(N, 3, H, W)`` of Captum-style ``inputs``, validated."""
     if isinstance(inputs, tuple) and len(inputs) == 1:
         inputs = inputs[0]
     if not isinstance(inputs, Tensor) or inputs.dim() != 4 or not inputs.is_floating_point():

@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from captum_gscorecam.clip import encode_text
 from captum_gscorecam.evaluation.runner import add_evaluate_parser
-from captum_gscorecam.methods import METHODS, explain_maps
+from captum_gscorecam.methods import METHODS, check_method, explain_maps
 from captum_gscorecam.usage import UsageError, load_model, parse_topk
 from captum_gscorecam.visualization import show_maps, to_image, upsample
 
@@ -71,6 +71,10 @@ def explain(args: argparse.Namespace) -> None:
     except (UnidentifiedImageError, OSError):
         raise UsageError(f"image: not an image file: {path}") from None
     model, preprocess, tokenizer = load_model(args.model, args.pretrained, args.device)
+    try:
+        check_method(model, args.method)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     images = preprocess(photo).unsqueeze(0).to(args.device)
     text = encode_text(model, tokenizer, args.prompt)[None]
     maps = explain_maps(model, images, text, args.method, args.topk, show_progress=True)

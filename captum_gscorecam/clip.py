@@ -1,14 +1,16 @@
 """The CLIP adapter: a CLIP model as a per-example score, text encoding, layers and token grids.
 
-This is the only module that knows how open_clip models are built.
+This is the only module that knows how CLIP models are built: open_clip's (ModifiedResNet,
+VisionTransformer and timm towers) and Hugging Face ``transformers``' (CLIPModel, SiglipModel).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,19 +21,52 @@ __all__ = [
     "LayerGrid",
     "default_layer",
     "encode_text",
+    "hf_preprocess",
+    "image_features",
     "is_clip_model",
+    "load_clip",
+    "token_blocks",
 ]
 
 
 def is_clip_model(obj: object) -> bool:
-    """True for anything CLIP-like: it has ``encode_image`` and a (log) ``logit_scale``."""
-    return callable(getattr(obj, "encode_image", None)) and hasattr(obj, "logit_scale")
+    """True for anything CLIP-like: a (log) ``logit_scale`` and an image encoder, open_clip's
+    ``encode_image`` or Hugging Face's ``get_image_features``.
+    """
+    encoder = getattr(obj, "encode_image", None) or getattr(obj, "get_image_features", None)
+    return callable(encoder) and hasattr(obj, "logit_scale")
+
+
+def image_features(model: nn.Module, images: Tensor) -> Tensor:
+    """The (unnormalised) image embeddings ``(N, D)`` of an open_clip or Hugging Face model."""
+    encode = getattr(model, "encode_image", None)
+    if callable(encode):
+        return encode(images)
+    return _pooled(model.get_image_features(pixel_values=images), "image")
+
+
+def _pooled(features: Any, tower: str) -> Tensor:
+    """A ``get_*_features`` result as a tensor: transformers 5 returns an output object with
+    the projected embedding as ``pooler_output``; older versions return the tensor.
+    """
+    if not isinstance(features, Tensor):
+        features = getattr(features, "pooler_output", None)
+    if not isinstance(features, Tensor):
+        raise ValueError(
+            f"model: its {tower} tower returned no pooled embedding (a SigLIP vision tower "
+            "without its attention-pooling head has none)"
+        )
+    return features
 
 
 class CLIPSimilarity(nn.Module):
     r"""A CLIP model as a scalar score per example.
 
     ``forward(images, text_emb) = logit_scale.exp() * cos(encode_image(images), text_emb)``
+
+    ``model`` is open_clip's CLIP or a Hugging Face ``CLIPModel`` / ``SiglipModel`` (image
+    embeddings from ``get_image_features``). SigLIP's ``logit_bias`` is left out: a constant
+    added to every score changes no map, so the score is ``logit_scale * cos`` for all models.
 
     ``text_emb`` may be ``(D,)`` (one text for every image), ``(N, D)`` (one per image, the
     output is ``(N,)``) or ``(N, T, D)`` (T texts per image, the output is ``(N, T)``). The
@@ -43,19 +78,20 @@ class CLIPSimilarity(nn.Module):
         super().__init__()
         if not is_clip_model(model):
             raise TypeError(
-                "model: expected a CLIP model with `encode_image` and `logit_scale` "
-                f"(e.g. open_clip's CLIP), got {type(model).__name__}"
+                "model: expected a CLIP model with `logit_scale` and `encode_image` or "
+                "`get_image_features` (open_clip's CLIP, transformers' CLIPModel or SiglipModel), "
+                f"got {type(model).__name__}"
             )
         self.model = model
 
     @property
     def logit_scale(self) -> Tensor:
         """The multiplier of the cosine, ``exp(model.logit_scale)``."""
-        return self.model.logit_scale.exp()
+        return self.model.logit_scale.exp().reshape(())
 
     def embed_images(self, images: Tensor) -> Tensor:
         """L2-normalised image embeddings, ``(N, D)``."""
-        return F.normalize(self.model.encode_image(images).float(), dim=-1)
+        return F.normalize(image_features(self.model, images).float(), dim=-1)
 
     def forward(self, images: Tensor, text_emb: Tensor) -> Tensor:
         """``logit_scale * cos(encode_image(images), text_emb)``, ``(N,)`` or ``(N, T)``."""
@@ -82,42 +118,118 @@ class CLIPSimilarity(nn.Module):
         return self.logit_scale.to(cos.dtype) * cos
 
 
-def encode_text(
-    model: nn.Module, tokenizer: Callable[[Sequence[str]], Tensor], prompts: Sequence[str]
-) -> Tensor:
-    """Encode prompts to L2-normalised text embeddings ``(T, D)`` on the model's device."""
+def encode_text(model: nn.Module, tokenizer: Callable[..., Any], prompts: Sequence[str]) -> Tensor:
+    """Encode prompts to L2-normalised text embeddings ``(T, D)`` on the model's device.
+
+    For open_clip models ``tokenizer`` is open_clip's (prompts -> token tensor). For Hugging
+    Face models it is the model's tokenizer or processor, called with ``text=prompts``,
+    padding (to the maximum length for SigLIP, as it was trained) and truncation; the mapping
+    it returns is passed to ``get_text_features``.
+    """
     if isinstance(prompts, str):
         prompts = [prompts]
     if len(prompts) == 0:
         raise ValueError("prompts: expected at least one prompt")
     device = next(model.parameters()).device
-    tokens = tokenizer(list(prompts)).to(device)
     with torch.no_grad():
-        return F.normalize(model.encode_text(tokens).float(), dim=-1)
+        if callable(getattr(model, "encode_text", None)):
+            features = model.encode_text(tokenizer(list(prompts)).to(device))
+        else:
+            features = _pooled(
+                model.get_text_features(**_hf_tokens(model, tokenizer, prompts)), "text"
+            )
+        return F.normalize(features.float(), dim=-1)
 
 
-def default_layer(model: nn.Module) -> nn.Module:
-    """The target layer gScoreCAM uses by default.
+def _hf_tokens(model: nn.Module, tokenizer: Callable[..., Any], prompts: Sequence[str]) -> dict:
+    """The keyword arguments of ``get_text_features`` for prompts, on the model's device."""
+    siglip = getattr(getattr(model, "config", None), "model_type", None) == "siglip"
+    padding = "max_length" if siglip else True
+    encoded = tokenizer(text=list(prompts), padding=padding, truncation=True, return_tensors="pt")
+    if not isinstance(encoded, Mapping):
+        raise TypeError(
+            "tokenizer: a Hugging Face model needs its tokenizer or processor (which returns a "
+            f"mapping such as input_ids and attention_mask), got {type(encoded).__name__}"
+        )
+    device = next(model.parameters()).device
+    return {key: value.to(device) for key, value in encoded.items()}
 
-    ``visual.layer4`` for open_clip ResNet towers (the last convolutional stage), and
-    ``visual.transformer.resblocks[-1]`` for open_clip ViT towers (the last block).
+
+def token_blocks(model: nn.Module) -> nn.ModuleList | nn.Sequential | None:
+    """The transformer blocks of a ViT image tower in order; None for other towers.
+
+    open_clip's ``visual.transformer.resblocks``, a timm ViT trunk's ``visual.trunk.blocks``
+    and Hugging Face's ``vision_model.encoder.layers``.
     """
     if isinstance(model, CLIPSimilarity):
         model = model.model
     visual = getattr(model, "visual", None)
-    if visual is None:
+    trunk = getattr(visual, "trunk", None)
+    encoder = getattr(getattr(model, "vision_model", None), "encoder", None)
+    for blocks in (
+        getattr(getattr(visual, "transformer", None), "resblocks", None),
+        trunk.blocks if _is_timm_vit(trunk) else None,
+        getattr(encoder, "layers", None),
+    ):
+        if isinstance(blocks, nn.ModuleList | nn.Sequential) and len(blocks) > 0:
+            return blocks
+    return None
+
+
+def default_layer(model: nn.Module) -> nn.Module:
+    """The target layer gScoreCAM uses by default: the last spatial layer of the image tower.
+
+    ``visual.layer4`` for open_clip ResNet towers; the last block of a ViT tower (open_clip's
+    ``visual.transformer.resblocks[-1]``, timm's ``visual.trunk.blocks[-1]``, Hugging Face's
+    ``vision_model.encoder.layers[-1]``); for other timm towers (ConvNeXt and other CNNs with
+    ``(N, C, h, w)`` features) the last stage timm lists in ``feature_info``, e.g.
+    ``visual.trunk.stages[-1]``.
+    """
+    if isinstance(model, CLIPSimilarity):
+        model = model.model
+    visual = getattr(model, "visual", None)
+    if visual is None and getattr(model, "vision_model", None) is None:
         raise TypeError(
-            f"model: expected a CLIP model with a `visual` tower, got {type(model).__name__}"
+            "model: expected a CLIP model with a `visual` tower (open_clip) or a `vision_model` "
+            f"(Hugging Face), got {type(model).__name__}"
         )
     if hasattr(visual, "layer4"):
         return visual.layer4
-    blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
-    if blocks is not None and len(blocks) > 0:
+    blocks = token_blocks(model)
+    if blocks is not None:
         return blocks[-1]
+    trunk = getattr(visual, "trunk", None)
+    if isinstance(trunk, nn.Module):
+        return _timm_feature_layer(trunk)
+    tower = visual if visual is not None else model.vision_model
     raise ValueError(
-        f"model: no default layer for a {type(visual).__name__} image tower; pass the layer "
+        f"model: no default layer for a {type(tower).__name__} image tower; pass the layer "
         "(a module whose output is (N, C, h, w) or tokens) explicitly"
     )
+
+
+def _is_timm_vit(trunk: object) -> bool:
+    return all(hasattr(trunk, name) for name in ("patch_embed", "blocks", "num_prefix_tokens"))
+
+
+def _timm_feature_layer(trunk: nn.Module) -> nn.Module:
+    """The last feature stage of a timm CNN trunk, which must give ``(N, C, h, w)`` maps."""
+    name = type(trunk).__name__
+    output_fmt = str(getattr(trunk, "output_fmt", "NCHW"))
+    if output_fmt != "NCHW":
+        raise ValueError(
+            f"model: the timm {name} trunk gives {output_fmt} (channels-last) features; pass "
+            "a layer and a reshape_transform to (N, C, h, w) explicitly"
+        )
+    info = getattr(trunk, "feature_info", None)
+    last = info[-1] if isinstance(info, list) and info else {}
+    module = last.get("module") if isinstance(last, dict) else None
+    if not module:
+        raise ValueError(
+            f"model: no default layer for a timm {name} trunk (it lists no feature stages); "
+            "pass the layer explicitly"
+        )
+    return trunk.get_submodule(module)
 
 
 @dataclass(frozen=True)
@@ -139,22 +251,52 @@ class LayerGrid:
 
     @classmethod
     def for_model(cls, model: nn.Module | None) -> LayerGrid:
-        """The token layout of an open_clip ViT tower; a generic layout for anything else."""
+        """The token layout of a ViT image tower; a generic layout for anything else.
+
+        open_clip's VisionTransformer (a class token, pooled unless ``pool_type`` is ``avg``
+        or an attentional pooler is used), a timm ViT trunk (``num_prefix_tokens`` prefix
+        tokens, possibly none, the first pooled only with ``global_pool='token'``) and Hugging
+        Face's vision transformers (CLIP: a pooled class token; SigLIP: none, attention
+        pooling), all batch first.
+        """
         visual = getattr(model, "visual", None)
         transformer = getattr(visual, "transformer", None)
-        if transformer is None:
-            return cls()
-        grid = getattr(visual, "grid_size", None)
-        pool_type = getattr(visual, "pool_type", None)
-        pools = None
-        if pool_type is not None:
-            pools = pool_type == "tok" and getattr(visual, "attn_pool", None) is None
-        return cls(
-            batch_first=getattr(transformer, "batch_first", None),
-            prefix_tokens=1,
-            grid=tuple(grid) if grid is not None else None,
-            pools_class_token=pools,
-        )
+        trunk = getattr(visual, "trunk", None)
+        vision_model = getattr(model, "vision_model", None)
+        if transformer is not None:
+            grid = getattr(visual, "grid_size", None)
+            pool_type = getattr(visual, "pool_type", None)
+            pools = None
+            if pool_type is not None:
+                pools = pool_type == "tok" and getattr(visual, "attn_pool", None) is None
+            return cls(
+                batch_first=getattr(transformer, "batch_first", None),
+                prefix_tokens=1,
+                grid=tuple(grid) if grid is not None else None,
+                pools_class_token=pools,
+            )
+        if _is_timm_vit(trunk):
+            prefix = int(trunk.num_prefix_tokens)
+            grid = getattr(trunk.patch_embed, "grid_size", None)
+            dynamic = getattr(trunk, "dynamic_img_size", False)
+            return cls(
+                batch_first=True,
+                prefix_tokens=prefix,
+                grid=tuple(grid) if grid is not None and not dynamic else None,
+                pools_class_token=prefix > 0 and getattr(trunk, "global_pool", None) == "token",
+            )
+        config = getattr(vision_model, "config", None)
+        if hasattr(config, "image_size") and hasattr(config, "patch_size"):
+            has_class_token = hasattr(getattr(vision_model, "embeddings", None), "class_embedding")
+            height, width = _pair(config.image_size)
+            patch_height, patch_width = _pair(config.patch_size)
+            return cls(
+                batch_first=True,
+                prefix_tokens=int(has_class_token),
+                grid=(height // patch_height, width // patch_width),
+                pools_class_token=has_class_token,
+            )
+        return cls()
 
     def activations(self, output: Tensor, n: int) -> Tensor:
         """The layer output as ``(N, C, h, w)``."""
@@ -208,6 +350,13 @@ class LayerGrid:
         return side, side
 
 
+def _pair(value: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    first, second = value
+    return int(first), int(second)
+
+
 @dataclass(frozen=True)
 class CustomGrid:
     """A user's ``reshape_transform`` (layer output -> ``(N, C, h, w)``), as in pytorch-grad-cam.
@@ -250,27 +399,103 @@ class TextScorer:
 
 def load_clip(
     name: str, pretrained: str | None = None, device: str | torch.device = "cpu"
-) -> tuple[nn.Module, Callable[..., Tensor], Callable[[Sequence[str]], Tensor]]:
-    """``(model, preprocess, tokenizer)`` for a shipped shapes model or any open_clip model.
+) -> tuple[nn.Module, Callable[..., Tensor], Callable[..., Any]]:
+    """``(model, preprocess, tokenizer)`` for a shipped shapes model, open_clip or Hugging Face.
 
-    ``name`` is ``shapes-rn`` / ``shapes-vit`` (bundled, offline) or an open_clip model name
-    (e.g. ``RN50``, ``ViT-B-16``) with ``pretrained`` a tag (``openai``) or a checkpoint path.
+    ``name`` is ``shapes-rn`` / ``shapes-vit`` (bundled, offline), an open_clip model name
+    (e.g. ``RN50``, ``ViT-B-16``) with ``pretrained`` a tag (``openai``) or a checkpoint path,
+    or ``hf:`` and a Hugging Face repo id or local folder of a CLIP or SigLIP model (e.g.
+    ``hf:openai/clip-vit-base-patch16``; needs ``transformers``, the ``hf`` extra).
     """
     if name.startswith("shapes-"):
         from captum_gscorecam.shapes import load_shapes_clip
 
         return load_shapes_clip(name.removeprefix("shapes-"), device=device)
+    if name.startswith("hf:"):
+        return _load_hf_clip(name.removeprefix("hf:"), pretrained, device)
     import open_clip
 
     if name not in open_clip.list_models():
         raise ValueError(
-            f"model: unknown model {name!r}; expected shapes-rn, shapes-vit or an open_clip "
-            "model name such as RN50 or ViT-B-16"
+            f"model: unknown model {name!r}; expected shapes-rn, shapes-vit, an open_clip "
+            "model name such as RN50 or ViT-B-16, or hf:<Hugging Face repo id or folder>"
         )
     model, _, preprocess = open_clip.create_model_and_transforms(
         name, pretrained=pretrained, device=device
     )
     return model.eval(), preprocess, open_clip.get_tokenizer(name)
+
+
+_HF_MODEL_TYPES = ("clip", "siglip")
+
+
+def _load_hf_clip(
+    source: str, pretrained: str | None, device: str | torch.device
+) -> tuple[nn.Module, Callable[..., Tensor], Callable[..., Any]]:
+    """A Hugging Face CLIP or SigLIP model, its image preprocess and its tokenizer."""
+    if not source:
+        raise ValueError("model: expected hf:<Hugging Face repo id or local folder>, got 'hf:'")
+    if pretrained is not None:
+        raise ValueError(
+            "pretrained: not used with hf: models; the repo id or folder names the weights"
+        )
+    try:
+        from transformers import AutoConfig, AutoModel, AutoProcessor
+    except ImportError:
+        raise ValueError(
+            "model: hf: models need transformers; pip install 'captum-gscorecam[hf]'"
+        ) from None
+    model_type = AutoConfig.from_pretrained(source).model_type
+    if model_type not in _HF_MODEL_TYPES:
+        raise ValueError(
+            f"model: {source!r} is a {model_type!r} model; hf: supports {list(_HF_MODEL_TYPES)}"
+        )
+    model = AutoModel.from_pretrained(source).to(device).eval()
+    processor = AutoProcessor.from_pretrained(source)
+    return model, hf_preprocess(processor.image_processor), processor.tokenizer
+
+
+# PIL's resampling filters by number, as Hugging Face image processors store them.
+_RESAMPLING = {0: "NEAREST", 1: "LANCZOS", 2: "BILINEAR", 3: "BICUBIC", 4: "BOX", 5: "HAMMING"}
+
+
+def hf_preprocess(image_processor: Any) -> Callable[..., Tensor]:
+    """A Hugging Face image processor's steps as a torchvision transform (PIL -> ``(3, H, W)``).
+
+    Resize (shortest edge, or to height x width), centre crop, scale to [0, 1] and normalise,
+    as the processor's settings say; a torchvision ``Compose`` like open_clip's preprocess, so
+    callers can read its ``Normalize`` mean and std.
+    """
+    from torchvision import transforms
+
+    steps: list[Callable[..., Any]] = [_to_rgb]
+    resample = image_processor.resample
+    mode = (
+        resample
+        if isinstance(resample, transforms.InterpolationMode)
+        else getattr(transforms.InterpolationMode, _RESAMPLING.get(int(resample), "BICUBIC"))
+    )
+    size = image_processor.size
+    if image_processor.do_resize:
+        if size.get("shortest_edge"):
+            steps.append(transforms.Resize(size["shortest_edge"], interpolation=mode))
+        elif size.get("height") and size.get("width"):
+            steps.append(transforms.Resize((size["height"], size["width"]), interpolation=mode))
+        else:
+            raise ValueError(f"model: unsupported image processor size {dict(size)}")
+    crop = getattr(image_processor, "crop_size", None)
+    if getattr(image_processor, "do_center_crop", False) and crop:
+        steps.append(transforms.CenterCrop((crop["height"], crop["width"])))
+    steps.append(transforms.ToTensor())
+    if image_processor.do_normalize:
+        steps.append(
+            transforms.Normalize(list(image_processor.image_mean), list(image_processor.image_std))
+        )
+    return transforms.Compose(steps)
+
+
+def _to_rgb(image: Any) -> Any:
+    return image.convert("RGB")
 
 
 @contextmanager
@@ -280,6 +505,8 @@ def grid_tap(model: nn.Module, layer: nn.Module) -> Iterator[nn.Module]:
     Captum's layer methods read dim 1 as channels; ViT tokens have them last. For a ViT tower,
     inside the context, ``layer``'s tokens pass through an identity module on the patch grid
     (the values do not change), which Captum can hook. For other towers it is the layer itself.
+    A layer returning a tuple (Hugging Face layers before transformers 5) has its first item
+    rerouted.
     """
     grid = LayerGrid.for_model(model)
     if grid.grid is None:
@@ -287,12 +514,17 @@ def grid_tap(model: nn.Module, layer: nn.Module) -> Iterator[nn.Module]:
         return
     tap = nn.Identity()
 
-    def reroute(_module: nn.Module, _args: tuple[object, ...], output: Tensor) -> Tensor:
+    def reroute_tokens(output: Tensor) -> Tensor:
         batch_first = grid.batch_first is not False
         tokens = output if batch_first else output.transpose(0, 1)
         patches = tap(grid.activations(tokens, tokens.shape[0])).flatten(2).transpose(1, 2)
         tokens = torch.cat([tokens[:, : grid.prefix_tokens], patches], dim=1)
         return tokens if batch_first else tokens.transpose(0, 1)
+
+    def reroute(_module: nn.Module, _args: tuple[object, ...], output: object) -> object:
+        if isinstance(output, tuple):
+            return (reroute_tokens(output[0]), *output[1:])
+        return reroute_tokens(output)
 
     handle = layer.register_forward_hook(reroute)
     try:

@@ -88,6 +88,9 @@ def capture(
 
     def hook(_module: nn.Module, args: tuple[object, ...], output: object) -> None:
         value = args[0] if layer_input and args else output
+        # Hugging Face encoder layers before transformers 5 return (hidden_states,)
+        if isinstance(value, tuple) and len(value) == 1:
+            (value,) = value
         if not isinstance(value, Tensor):
             raise ValueError(
                 f"layer: expected its {'input' if layer_input else 'output'} to be a single "

@@ -7,14 +7,16 @@ from captum.attr import IntegratedGradients, LayerGradCam, Occlusion, Saliency
 from torch import Tensor, nn
 
 from captum_gscorecam.attribution import GScoreCAM, ScoreCAM
-from captum_gscorecam.clip import CLIPSimilarity, default_layer, grid_tap
+from captum_gscorecam.clip import CLIPSimilarity, LayerGrid, default_layer, grid_tap, token_blocks
+from captum_gscorecam.hila import HilaCAM
 
-__all__ = ["METHODS", "explain_maps"]
+__all__ = ["METHODS", "applicable_methods", "check_method", "explain_maps"]
 
 METHODS = {
     "gscorecam": "gScoreCAM",
     "scorecam": "ScoreCAM",
     "gradcam": "LayerGradCam",
+    "hilacam": "HilaCAM",
     "occlusion": "Occlusion",
     "integrated_gradients": "IntegratedGradients",
     "saliency": "Saliency",
@@ -26,6 +28,33 @@ PIXEL_METHODS = ("occlusion", "integrated_gradients", "saliency")
 OCCLUSION_WINDOW = 1 / 7
 IG_STEPS = 32
 BATCH = 64
+
+
+def check_method(model: nn.Module, method: str) -> None:
+    """Raise a ValueError naming ``method`` if it is unknown or cannot explain ``model``.
+
+    HilaCAM needs a ViT tower whose blocks use ``nn.MultiheadAttention`` and pool the class
+    token (open_clip's ViTs); every other method works on any CLIP tower.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method: unknown method {method!r}; expected one of {list(METHODS)}")
+    if method == "hilacam":
+        try:
+            HilaCAM(model)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"method: hilacam cannot explain this model ({error})") from None
+
+
+def applicable_methods(model: nn.Module) -> list[str]:
+    """The keys of ``METHODS`` that can explain ``model``, in order."""
+    usable = []
+    for method in METHODS:
+        try:
+            check_method(model, method)
+        except ValueError:
+            continue
+        usable.append(method)
+    return usable
 
 
 def explain_maps(
@@ -43,11 +72,11 @@ def explain_maps(
     a baseline that carries no information. ``topk`` matters to gScoreCAM only.
 
     LayerGradCam is Captum's, through CLIPSimilarity. At a class-token-pooled ViT's last block
-    it is zero everywhere (the patch tokens do not reach the output), so on ViT towers it runs
-    at the block before.
+    it is zero everywhere (the patch tokens do not reach the output), so on those towers it
+    runs at the block before; towers that pool patch tokens (average or attention pooling)
+    keep their last block.
     """
-    if method not in METHODS:
-        raise ValueError(f"method: unknown method {method!r}; expected one of {list(METHODS)}")
+    check_method(model, method)
     if method == "uniform":
         return images.new_ones(images.shape[0], text.shape[1], *images.shape[-2:])
     if method in PIXEL_METHODS:
@@ -59,8 +88,11 @@ def explain_maps(
         )
     if method == "scorecam":
         return ScoreCAM(model, layer).attribute(images, target=text, show_progress=show_progress)
-    blocks = getattr(getattr(model.visual, "transformer", None), "resblocks", None)
-    if blocks is not None and len(blocks) > 1:
+    if method == "hilacam":
+        return HilaCAM(model).attribute(images, target=text)
+    blocks = token_blocks(model)
+    pools_class_token = LayerGrid.for_model(model).pools_class_token is not False
+    if blocks is not None and len(blocks) > 1 and pools_class_token:
         layer = blocks[-2]
     similarity = CLIPSimilarity(model)
     with grid_tap(model, layer) as grid_layer:

@@ -48,6 +48,14 @@ def test_explain_an_image_file(tmp_path, scene_png, method):
     assert out.read_bytes()[:4] == PNG_MAGIC
 
 
+def test_explain_with_hilacam_on_the_vit(tmp_path, scene_png):
+    path, scene = scene_png
+    out = tmp_path / "out.png"
+    argv = ["explain", str(path), "--model", "shapes-vit", "--method", "hilacam", "--out", str(out)]
+    assert main([*argv, "--prompt", scene.captions[0]]) == 0
+    assert out.read_bytes()[:4] == PNG_MAGIC
+
+
 def test_gradcam_on_vit_uses_the_block_before_the_last():
     model, preprocess, tokenizer = load_clip("shapes-vit")
     scene = render_scene(10_000_001, n_objects=2, size=model.visual.image_size[0])
@@ -65,6 +73,7 @@ def test_gradcam_on_vit_uses_the_block_before_the_last():
         (["explain", "{png}"], "prompt: give at least one --prompt"),
         (["explain", "{txt}", "--prompt", "a red circle"], "image: not an image file"),
         (["explain", "{png}", "--prompt", "x", "--model", "NoSuchNet"], "model: unknown model"),
+        (["explain", "{png}", "--prompt", "x", "--method", "hilacam"], "method: hilacam cannot"),
         (
             ["explain", "{png}", "--prompt", "x", "--pretrained", "missing.pt", "--model", "RN50"],
             "pretrained:",

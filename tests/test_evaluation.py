@@ -15,7 +15,7 @@ from conftest import images_for, texts, tiny_rn, tiny_vit
 from PIL import Image
 
 import captum_gscorecam.evaluation.runner as runner
-from captum_gscorecam import CLIPSimilarity, encode_text
+from captum_gscorecam import CLIPSimilarity, HilaCAM, encode_text
 from captum_gscorecam.evaluation import (
     MetricParams,
     add_evaluate_parser,
@@ -24,7 +24,7 @@ from captum_gscorecam.evaluation import (
     max_box_acc_v2,
     shapes_examples,
 )
-from captum_gscorecam.methods import METHODS, explain_maps
+from captum_gscorecam.methods import METHODS, applicable_methods, check_method, explain_maps
 from captum_gscorecam.shapes import export_coco, render_scene
 from captum_gscorecam.shapes.models import make_preprocess
 from captum_gscorecam.usage import UsageError
@@ -167,6 +167,22 @@ def test_saliency_maps_are_absolute_gradients_summed_over_colours(model):
     (grad,) = torch.autograd.grad(CLIPSimilarity(model)(x, text[:, 0]).sum(), x)
     maps = explain_maps(model, images, text, "saliency", topk=0.1)
     torch.testing.assert_close(maps[:, 0], grad.abs().sum(dim=1))
+
+
+def test_hilacam_runs_through_explain_maps(model):
+    images, text = images_for(model, 2), texts(2, 3)
+    maps = explain_maps(model, images, text, "hilacam", topk=0.1)
+    torch.testing.assert_close(maps, HilaCAM(model).attribute(images, target=text))
+
+
+def test_applicable_methods_leave_hilacam_to_vits(model):
+    assert applicable_methods(model) == list(METHODS)
+    rn = tiny_rn()
+    assert applicable_methods(rn) == [m for m in METHODS if m != "hilacam"]
+    with pytest.raises(ValueError, match="method: hilacam cannot explain"):
+        check_method(rn, "hilacam")
+    with pytest.raises(ValueError, match="method: hilacam cannot explain"):
+        explain_maps(rn, images_for(rn, 1), texts(1, 1), "hilacam", topk=0.1)
 
 
 def test_unknown_method_names_the_argument(model):

@@ -25,10 +25,18 @@ from captum_gscorecam.shapes import (
     zero_shot_recall,
 )
 from captum_gscorecam.shapes.coco import category_names, rle_decode, rle_encode
-from captum_gscorecam.shapes.models import checkpoint_path, make_preprocess, make_tokenizer
+from captum_gscorecam.shapes.models import (
+    build_model,
+    checkpoint_path,
+    conv_stem,
+    make_preprocess,
+    make_tokenizer,
+    model_config,
+)
 from captum_gscorecam.shapes.scenes import caption, shape_mask, tight_box
 from captum_gscorecam.shapes.train import (
     HELD_OUT_SEED,
+    Batches,
     contrastive_loss,
     learning_rate,
     make_batch,
@@ -286,14 +294,15 @@ def test_target_layer_grid(shipped):
         handle.remove()
         assert outputs[0].shape[-2:] >= (7, 7)
     else:
-        assert tuple(model.visual.grid_size) >= (7, 7)
+        rows, cols = model.visual.grid_size
+        assert (rows, cols) >= (7, 7)
         outputs = []
         block = model.visual.transformer.resblocks[-1]
         handle = block.register_forward_hook(lambda m, i, o: outputs.append(o))
         with torch.no_grad():
             model.encode_image(image)
         handle.remove()
-        assert outputs[0].shape[1] == 1 + 7 * 7
+        assert outputs[0].shape[1] == 1 + rows * cols
 
 
 def test_zero_shot_recall():
@@ -315,6 +324,23 @@ def test_tokenizer_matches_open_clip():
     assert torch.equal(make_tokenizer()(all_prompts()), reference(all_prompts()))
 
 
+def test_conv_stem_keeps_the_vit_grid():
+    stem = conv_stem((4, 8), width=16, patch_size=16)
+    assert stem(torch.zeros(2, 3, 64, 64)).shape == (2, 16, 4, 4)
+    with pytest.raises(ValueError, match="conv_stem"):
+        conv_stem((4, 8, 8, 8, 8), width=16, patch_size=16)
+    model = build_model(model_config("vit")).eval()
+    image = torch.zeros(1, 3, DEFAULT_SIZE, DEFAULT_SIZE)
+    tokens = []
+    block = model.visual.transformer.resblocks[-1]
+    handle = block.register_forward_hook(lambda m, i, o: tokens.append(o))
+    with torch.no_grad():
+        model.encode_image(image)
+    handle.remove()
+    assert tokens[0].shape[1] == 1 + 7 * 7
+    assert isinstance(model.visual.conv1, torch.nn.Sequential)
+
+
 def test_make_batch_marks_true_matches():
     dataset = ShapesDataset(range(30), n_objects=range(1, 5), size=64, partial_captions=True)
     images, texts, matches = make_batch(dataset, range(30), make_tokenizer())
@@ -325,6 +351,32 @@ def test_make_batch_marks_true_matches():
     for i, (scene, _) in enumerate(samples):
         for j, (_, named) in enumerate(samples):
             assert matches[i, j] == (set(named) <= set(scene.objects))
+
+
+def test_make_batch_appends_the_vocabulary():
+    dataset = ShapesDataset(range(8), n_objects=range(1, 5), size=64, partial_captions=True)
+    tokenizer = make_tokenizer()
+    _, texts, matches = make_batch(dataset, range(8), tokenizer, vocabulary=True)
+    pairs = len(COLORS) * len(SHAPES)
+    assert texts.shape == (8 + pairs, 16)
+    assert matches.shape == (8, 8 + pairs)
+    assert torch.equal(texts[8:], tokenizer(all_prompts()))
+    for i in range(8):
+        scene = dataset.sample(i)[0]
+        present = [prompt in scene.captions for prompt in all_prompts()]
+        assert matches[i, 8:].tolist() == present
+
+
+def test_batches_follow_the_seeds():
+    args = parse_args(["--tower", "rn", "--batch-size", "3", "--max-objects", "2"])
+    batches = Batches(args, make_tokenizer())
+    assert len(batches) == HELD_OUT_SEED // 3
+    images, texts, matches = batches[2]
+    dataset = ShapesDataset(range(HELD_OUT_SEED), n_objects=range(1, 3), partial_captions=True)
+    expected = make_batch(dataset, range(6, 9), make_tokenizer())
+    assert torch.equal(images, expected[0])
+    assert torch.equal(texts, expected[1])
+    assert torch.equal(matches, expected[2])
 
 
 class FixedFeatures(torch.nn.Module):
@@ -365,6 +417,25 @@ def test_contrastive_loss_rewards_true_matches():
     assert contrastive_loss(apart, None, None, identity) < contrastive_loss(
         alike, None, None, identity
     )
+
+
+def test_contrastive_loss_skips_texts_without_images():
+    torch.manual_seed(0)
+    image_features = torch.nn.functional.normalize(torch.randn(3, 8), dim=1)
+    text_features = torch.nn.functional.normalize(torch.randn(5, 8), dim=1)
+    model = FixedFeatures(image_features, text_features)
+    matches = torch.zeros(3, 5, dtype=torch.bool)
+    matches[[0, 1, 2, 0], [0, 1, 2, 3]] = True
+    logits = 10 * image_features @ text_features.T
+    targets = matches.float() / matches.sum(1, keepdim=True)
+    text_targets = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]])
+    expected = 0.5 * (
+        torch.nn.functional.cross_entropy(logits, targets)
+        + torch.nn.functional.cross_entropy(logits.T[:4], text_targets)
+    )
+    loss = contrastive_loss(model, None, None, matches)
+    assert torch.isfinite(loss)
+    assert torch.allclose(loss, expected)
 
 
 def test_learning_rate_schedule():

@@ -38,7 +38,7 @@ from captum_gscorecam.evaluation.metrics import (
     pointing_game,
 )
 from captum_gscorecam.evaluation.report import markdown, object_buckets, summarize, write_chart
-from captum_gscorecam.methods import METHODS, explain_maps
+from captum_gscorecam.methods import METHODS, applicable_methods, check_method, explain_maps
 from captum_gscorecam.shapes.coco import ANNOTATIONS
 from captum_gscorecam.usage import UsageError, load_model, parse_topk
 from captum_gscorecam.visualization import upsample
@@ -304,7 +304,9 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--template", default="{}", help='COCO prompt, e.g. "a photo of a {}"')
     p.add_argument("--model", default="shapes-rn", help="shapes-rn, shapes-vit or open_clip name")
     p.add_argument("--pretrained", default=None, help="open_clip tag (openai) or a checkpoint")
-    p.add_argument("--methods", type=_methods, default=list(METHODS), help="comma-separated")
+    p.add_argument(
+        "--methods", type=_methods, default=None, help="comma-separated; default: all that apply"
+    )
     p.add_argument("--topk", type=parse_topk, default=0.1, help="count, or fraction of channels")
     p.add_argument(
         "--limit", type=_positive, default=None, help=f"images (shapes: {SHAPES_IMAGES})"
@@ -328,19 +330,25 @@ def evaluate_command(args: argparse.Namespace) -> None:
     )
     try:
         run = _run_description(args)
-        check_resumable(Path(args.out), run_config(run, args.methods, args.topk, params))
     except ValueError as error:
         raise UsageError(str(error)) from None
     device = init_distributed(args.device)
     try:
         model, preprocess, tokenizer = load_model(args.model, args.pretrained, device)
+        methods = args.methods or applicable_methods(model)
+        try:
+            for method in methods:
+                check_method(model, method)
+            check_resumable(Path(args.out), run_config(run, methods, args.topk, params))
+        except ValueError as error:
+            raise UsageError(str(error)) from None
         examples = _examples(args, _input_size(model))
         results = evaluate(
             model,
             preprocess,
             tokenizer,
             examples,
-            args.methods,
+            methods,
             args.topk,
             args.out,
             run=run,
@@ -378,9 +386,11 @@ def _examples(args: argparse.Namespace, size: int) -> list[Example]:
 
 
 def _input_size(model: nn.Module) -> int:
-    """The side of the model's square input."""
-    size = model.visual.image_size
-    return size[0] if isinstance(size, tuple) else size
+    """The side of the model's square input (open_clip towers, or a Hugging Face config)."""
+    size = getattr(getattr(model, "visual", None), "image_size", None)
+    if size is None:
+        size = model.config.vision_config.image_size
+    return size[0] if isinstance(size, (tuple, list)) else size
 
 
 def _methods(text: str) -> list[str]:

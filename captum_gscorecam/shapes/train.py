@@ -15,11 +15,13 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from itertools import product
 from pathlib import Path
 
 import open_clip
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from captum_gscorecam.shapes.models import (
@@ -61,6 +63,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-objects", type=int, default=4, help="objects per scene: 1 to this")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--vocabulary-prompts",
+        action="store_true",
+        help="also contrast every image with all colour-shape prompts",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="scene rendering processes")
     parser.add_argument("--eval-scenes", type=int, default=100, help="held-out 3-object scenes")
     return parser.parse_args(argv)
 
@@ -78,27 +86,58 @@ def contrastive_loss(
 
     A caption that names only objects present in another image is a true match for it, not a
     negative: ``matches[i, j]`` marks caption j as describing image i, and each direction's target
-    spreads evenly over the matches.
+    spreads evenly over the matches. Texts may outnumber images.
     """
     image_features, text_features, logit_scale = model(images, texts)[:3]
     logits = logit_scale * image_features @ text_features.T
     targets = matches.float()
     image_to_text = F.cross_entropy(logits, targets / targets.sum(1, keepdim=True))
-    text_to_image = F.cross_entropy(logits.T, (targets / targets.sum(0, keepdim=True)).T)
+    # A vocabulary prompt may describe no image of the batch; it then has no image to pick.
+    described = matches.any(0)
+    text_targets = targets[:, described] / targets[:, described].sum(0, keepdim=True)
+    text_to_image = F.cross_entropy(logits.T[described], text_targets.T)
     return 0.5 * (image_to_text + text_to_image)
 
 
 def make_batch(
-    dataset: ShapesDataset, indices: range, tokenizer: Tokenizer
+    dataset: ShapesDataset, indices: range, tokenizer: Tokenizer, vocabulary: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Normalised images, caption tokens, and which captions describe which images."""
+    """Normalised images, text tokens, and which texts describe which images.
+
+    The texts are the scenes' captions, followed by every (colour, shape) prompt when
+    ``vocabulary`` is set, so each image also meets its hardest negatives: its objects' colours
+    with other shapes, and its shapes in other colours.
+    """
     samples = [dataset.sample(i) for i in indices]
     images = torch.stack([to_tensor(scene.image) for scene, _ in samples])
-    texts = tokenizer([caption(named) for _, named in samples])
-    matches = torch.tensor(
-        [[set(named) <= set(scene.objects) for _, named in samples] for scene, _ in samples]
-    )
-    return normalize(images, _MEAN, _STD), texts, matches
+    captions = [caption(objects) for _, objects in samples]
+    named = [set(objects) for _, objects in samples]
+    if vocabulary:
+        pairs = list(product(COLORS, SHAPES))
+        captions += [caption([pair]) for pair in pairs]
+        named += [{pair} for pair in pairs]
+    matches = torch.tensor([[text <= set(scene.objects) for text in named] for scene, _ in samples])
+    return normalize(images, _MEAN, _STD), tokenizer(captions), matches
+
+
+class Batches(Dataset):
+    """Training batch k holds the scenes of seeds k * batch_size onwards, below HELD_OUT_SEED."""
+
+    def __init__(self, args: argparse.Namespace, tokenizer: Tokenizer) -> None:
+        self.dataset = ShapesDataset(
+            range(HELD_OUT_SEED), n_objects=range(1, args.max_objects + 1), partial_captions=True
+        )
+        self.batch_size = args.batch_size
+        self.tokenizer = tokenizer
+        self.vocabulary = args.vocabulary_prompts
+
+    def __len__(self) -> int:
+        return HELD_OUT_SEED // self.batch_size
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        first = index * self.batch_size
+        indices = range(first, first + self.batch_size)
+        return make_batch(self.dataset, indices, self.tokenizer, self.vocabulary)
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -107,19 +146,16 @@ def train(args: argparse.Namespace) -> dict:
     config = model_config(args.tower)
     model = build_model(config).train()
     tokenizer = make_tokenizer()
-    dataset = ShapesDataset(
-        range(HELD_OUT_SEED), n_objects=range(1, args.max_objects + 1), partial_captions=True
-    )
+    # Rendering runs in worker processes, overlapping the model's steps.
+    batches = DataLoader(Batches(args, tokenizer), batch_size=None, num_workers=args.workers)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     budget_s = args.minutes * 60.0
     start = time.monotonic()
     step, smoothed = 0, float("nan")
     with tqdm(desc=f"shapes-{args.tower}", unit="step") as bar:
-        while (elapsed := time.monotonic() - start) < budget_s:
-            first = step * args.batch_size
-            if first + args.batch_size > HELD_OUT_SEED:
+        for batch in batches:
+            if (elapsed := time.monotonic() - start) >= budget_s:
                 break
-            batch = make_batch(dataset, range(first, first + args.batch_size), tokenizer)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(args, step, elapsed / budget_s)
             loss = contrastive_loss(model, *batch)
@@ -155,6 +191,9 @@ def train(args: argparse.Namespace) -> dict:
             "final_loss": round(smoothed, 4),
             "seed": args.seed,
             "lr": args.lr,
+            "warmup_steps": args.warmup_steps,
+            "weight_decay": args.weight_decay,
+            "vocabulary_prompts": args.vocabulary_prompts,
             "max_objects": args.max_objects,
             "threads": args.threads,
             "held_out_recall_3_objects": recall,

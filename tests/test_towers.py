@@ -1,0 +1,409 @@
+"""Towers beyond open_clip's ResNet and plain ViT: Hugging Face CLIP / SigLIP, timm towers inside
+open_clip (ConvNeXt, ViTs with and without a class token), open_clip ViTs that pool patches.
+
+Every model is built from a tiny config with random weights; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import TEXT_CFG, texts, tiny_vit
+from open_clip.model import CLIPVisionCfg
+from PIL import Image
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from captum_gscorecam import CLIPSimilarity, GScoreCAM, ScoreCAM, default_layer, encode_text
+from captum_gscorecam.clip import LayerGrid, hf_preprocess, is_clip_model, load_clip, token_blocks
+from captum_gscorecam.methods import explain_maps
+
+transformers = pytest.importorskip("transformers")
+
+WIDTH = 32
+HF_VISION = {
+    "hidden_size": WIDTH,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "patch_size": 8,
+    "image_size": 32,
+}
+WORDS = ["do", "dog</w>", "ca", "cat</w>"]
+MERGES = ["d o", "do g</w>", "c a", "ca t</w>"]
+VOCAB = ["<|startoftext|>", "<|endoftext|>"]
+VOCAB += [*string.ascii_lowercase, *(c + "</w>" for c in string.ascii_lowercase), *WORDS]
+HF_TEXT = {
+    "hidden_size": WIDTH,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "vocab_size": len(VOCAB),
+    "max_position_embeddings": 16,
+    "bos_token_id": 0,
+    "eos_token_id": 1,
+    "pad_token_id": 1,
+}
+
+
+def hf_clip(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    config = transformers.CLIPConfig(
+        text_config=HF_TEXT, vision_config=HF_VISION, projection_dim=WIDTH
+    )
+    return transformers.CLIPModel(config).eval()
+
+
+def hf_siglip(seed: int = 0, **vision: object) -> nn.Module:
+    torch.manual_seed(seed)
+    config = transformers.SiglipConfig(text_config=HF_TEXT, vision_config={**HF_VISION, **vision})
+    return transformers.SiglipModel(config).eval()
+
+
+def timm_clip(trunk: nn.Module, image_size: int) -> open_clip.CLIP:
+    """open_clip's CLIP with a timm tower (TimmModel) around a tiny timm ViT ``trunk``.
+
+    open_clip builds timm trunks by registered name only (224 px configs), so the tower is
+    built small (timm's own test ViT) and its trunk replaced, as open_clip's SigLIP configs
+    use it: the trunk pools and projects (``timm_pool`` and ``timm_proj`` unset).
+    """
+    vision = CLIPVisionCfg(
+        timm_model_name="test_vit", timm_pool="", timm_proj="none", image_size=image_size
+    )
+    model = open_clip.CLIP(embed_dim=WIDTH, vision_cfg=vision, text_cfg=TEXT_CFG)
+    model.visual.trunk = trunk
+    return model.eval()
+
+
+def timm_vit(seed: int = 0, **kwargs: object) -> open_clip.CLIP:
+    """A 32 px timm ViT trunk, 8 px patches: a 4 x 4 grid of 32-wide tokens."""
+    torch.manual_seed(seed)
+    trunk = VisionTransformer(
+        img_size=32,
+        patch_size=8,
+        embed_dim=WIDTH,
+        depth=2,
+        num_heads=2,
+        num_classes=WIDTH,
+        **kwargs,
+    )
+    return timm_clip(trunk, 32)
+
+
+def timm_convnext(seed: int = 0) -> open_clip.CLIP:
+    """open_clip's CLIP with timm's ConvNeXt-atto tower at 64 px: stages[-1] is (N, 320, 2, 2)."""
+    torch.manual_seed(seed)
+    vision = CLIPVisionCfg(timm_model_name="convnext_atto", image_size=64)
+    return open_clip.CLIP(embed_dim=WIDTH, vision_cfg=vision, text_cfg=TEXT_CFG).eval()
+
+
+# name: (builder, image size, channels, grid, the default layer's path)
+TOWERS = {
+    "hf_clip": (hf_clip, 32, WIDTH, (4, 4), "vision_model.encoder.layers.1"),
+    "hf_siglip": (hf_siglip, 32, WIDTH, (4, 4), "vision_model.encoder.layers.1"),
+    "timm_convnext": (timm_convnext, 64, 320, (2, 2), "visual.trunk.stages.3"),
+    "timm_vit_siglip": (
+        lambda: timm_vit(class_token=False, global_pool="map"),
+        32,
+        WIDTH,
+        (4, 4),
+        "visual.trunk.blocks.1",
+    ),
+    "timm_vit_token": (
+        lambda: timm_vit(global_pool="token"),
+        32,
+        WIDTH,
+        (4, 4),
+        "visual.trunk.blocks.1",
+    ),
+    "timm_vit_registers_avg": (
+        lambda: timm_vit(reg_tokens=2, global_pool="avg"),
+        32,
+        WIDTH,
+        (4, 4),
+        "visual.trunk.blocks.1",
+    ),
+    "open_clip_attn_pool": (
+        lambda: tiny_vit(attentional_pool=True, attn_pooler_queries=4, attn_pooler_heads=2),
+        32,
+        WIDTH,
+        (4, 4),
+        "visual.transformer.resblocks.1",
+    ),
+    "open_clip_avg_pool": (
+        lambda: tiny_vit(pool_type="avg"),
+        32,
+        WIDTH,
+        (4, 4),
+        "visual.transformer.resblocks.1",
+    ),
+}
+# (prefix tokens, pools the class token) of the token towers
+LAYOUTS = {
+    "hf_clip": (1, True),
+    "hf_siglip": (0, False),
+    "timm_vit_siglip": (0, False),
+    "timm_vit_token": (1, True),
+    "timm_vit_registers_avg": (3, False),
+    "open_clip_attn_pool": (1, False),
+    "open_clip_avg_pool": (1, False),
+}
+
+
+@pytest.fixture(scope="module", params=list(TOWERS))
+def tower(request):
+    build, size, channels, grid, path = TOWERS[request.param]
+    return request.param, build(), size, channels, grid, path
+
+
+def images(n: int, size: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def snapshot(model: nn.Module):
+    return (
+        [m.training for m in model.modules()],
+        [p.requires_grad for p in model.parameters()],
+        [p.grad for p in model.parameters()],
+    )
+
+
+def hooks(model: nn.Module) -> list[tuple[int, int, int]]:
+    return [
+        (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+        for m in model.modules()
+    ]
+
+
+def test_default_layer_and_grid(tower):
+    name, model, _, _, grid, path = tower
+    assert is_clip_model(model)
+    assert default_layer(model) is model.get_submodule(path)
+    assert default_layer(CLIPSimilarity(model)) is model.get_submodule(path)
+    layout = LayerGrid.for_model(model)
+    if name in LAYOUTS:
+        prefix, pools = LAYOUTS[name]
+        assert layout == LayerGrid(
+            batch_first=True, prefix_tokens=prefix, grid=grid, pools_class_token=pools
+        )
+        assert token_blocks(model)[-1] is default_layer(model)
+    else:
+        assert layout == LayerGrid()
+        assert token_blocks(model) is None
+
+
+def test_declared_pooling_matches_the_gradient(tower):
+    # a tower that pools its class token gives the patch tokens of its last block no gradient;
+    # every other tower gives its whole grid some
+    name, model, size, _, _, _ = tower
+    prefix, pools = LAYOUTS.get(name, (0, False))
+    store = {}
+    handle = default_layer(model).register_forward_hook(lambda _m, _a, out: store.update(out=out))
+    try:
+        score = CLIPSimilarity(model)(images(2, size), texts(2, 1, width=WIDTH)[:, 0])
+    finally:
+        handle.remove()
+    (grad,) = torch.autograd.grad(score.sum(), store["out"])
+    assert bool((grad[:, prefix:] == 0).all()) == pools
+
+
+def test_shape_nonnegative_and_all_channels_equal_scorecam(tower):
+    _, model, size, channels, grid, _ = tower
+    x, text = images(2, size, seed=1), texts(2, 2, seed=2, width=WIDTH)
+    layer = default_layer(model)
+    attr = GScoreCAM(model, layer).attribute(x, target=text, topk=channels)
+    assert attr.shape == (2, 2, *grid)
+    assert torch.isfinite(attr).all()
+    assert (attr >= 0).all()
+    assert attr.sum() > 0
+    expected = ScoreCAM(model, layer).attribute(x, target=text)
+    torch.testing.assert_close(attr, expected, atol=1e-5, rtol=0)
+    assert GScoreCAM(model, layer).attribute(x, target=text[:, 0], topk=3).shape == (2, 1, *grid)
+
+
+def test_model_left_as_found(tower):
+    _, model, size, _, _, _ = tower
+    model.train()
+    for i, p in enumerate(model.parameters()):
+        p.requires_grad_(i % 3 != 0)
+    before, hooks_before = snapshot(model), hooks(model)
+    try:
+        GScoreCAM(model, default_layer(model)).attribute(
+            images(1, size), target=texts(1, 1, width=WIDTH), topk=4
+        )
+        assert snapshot(model)[:2] == before[:2]
+        assert all(g is None for g in snapshot(model)[2])
+        assert hooks(model) == hooks_before
+        assert not default_layer(model)._forward_hooks
+    finally:
+        model.eval().requires_grad_(True)
+
+
+def test_gradcam_runs_through_the_grid_tap(tower):
+    _, model, size, _, grid, _ = tower
+    maps = explain_maps(model, images(2, size, seed=3), texts(2, 2, seed=4), "gradcam", 1)
+    assert maps.shape == (2, 2, *grid)
+    assert (maps >= 0).all()
+    assert maps.sum() > 0  # a class-token-pooled tower runs at the block before the last
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_hf_similarity_equals_the_model_logits(tmp_path):
+    # SigLIP adds logit_bias to its logits; CLIPSimilarity leaves the constant out
+    tokenizer, prompts = clip_tokenizer(tmp_path), ["a dog", "a cat"]
+    for model, padding, bias in ((hf_clip(), True, 0.0), (hf_siglip(), "max_length", None)):
+        x = images(3, 32)
+        tokens = tokenizer(text=prompts, padding=padding, return_tensors="pt")
+        with torch.no_grad():
+            logits = model(pixel_values=x, **tokens).logits_per_image
+            text = encode_text(model, tokenizer, prompts)
+            score = CLIPSimilarity(model)(x, text.expand(3, -1, -1))
+        bias = model.logit_bias if bias is None else bias
+        torch.testing.assert_close(score + bias, logits, atol=1e-5, rtol=1e-5)
+
+
+def clip_tokenizer(folder) -> object:
+    """A real CLIPTokenizer over a 56-token vocabulary (letters, end-of-word letters, 2 words)."""
+    (folder / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(VOCAB)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(MERGES) + "\n")
+    return transformers.CLIPTokenizer.from_pretrained(str(folder), model_max_length=16)
+
+
+def test_encode_text_with_an_hf_tokenizer_and_processor(tmp_path):
+    model, tokenizer = hf_clip(), clip_tokenizer(tmp_path)
+    text = encode_text(model, tokenizer, ["a dog", "a cat sat"])
+    assert text.shape == (2, WIDTH)
+    torch.testing.assert_close(text.norm(dim=-1), torch.ones(2))
+    with torch.no_grad():
+        tokens = tokenizer(text=["a dog", "a cat sat"], padding=True, return_tensors="pt")
+        features = model.get_text_features(**tokens)
+    features = features if isinstance(features, torch.Tensor) else features.pooler_output
+    torch.testing.assert_close(text, F.normalize(features, dim=-1))
+    torch.testing.assert_close(encode_text(model, tokenizer, "a dog")[0], text[0])
+    processor = transformers.CLIPProcessor(
+        image_processor=transformers.CLIPImageProcessor(), tokenizer=tokenizer
+    )
+    torch.testing.assert_close(encode_text(model, processor, ["a dog", "a cat sat"]), text)
+
+
+def test_encode_text_pads_siglip_prompts_to_the_maximum_length(tmp_path):
+    tokenizer, calls = clip_tokenizer(tmp_path), []
+
+    def recording(**kwargs):
+        calls.append(kwargs)
+        return tokenizer(**kwargs)
+
+    assert encode_text(hf_siglip(), recording, ["a dog"]).shape == (1, WIDTH)
+    assert calls[-1]["padding"] == "max_length"
+    encode_text(hf_clip(), recording, ["a dog"])
+    assert calls[-1]["padding"] is True
+
+
+def test_encode_text_rejects_a_tokenizer_without_a_mapping():
+    with pytest.raises(TypeError, match="tokenizer: a Hugging Face model needs its tokenizer"):
+        encode_text(hf_clip(), lambda **_: torch.zeros(1, 4, dtype=torch.long), ["a dog"])
+
+
+def test_siglip_without_its_pooling_head_is_a_clear_error():
+    model = hf_siglip(vision_use_head=False)
+    with pytest.raises(ValueError, match="model: its image tower returned no pooled embedding"):
+        CLIPSimilarity(model)(images(1, 32), texts(1, 1, width=WIDTH)[:, 0])
+
+
+def test_timm_towers_without_a_usable_layer():
+    import timm
+
+    channels_last = timm_clip(timm.create_model("test_mambaout"), 64)
+    with pytest.raises(ValueError, match=r"model: the timm MambaOut trunk gives NHWC"):
+        default_layer(channels_last)
+    featureless = timm_clip(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()), 64)
+    with pytest.raises(ValueError, match="model: no default layer for a timm Sequential trunk"):
+        default_layer(featureless)
+
+
+def test_other_timm_cnns_use_their_last_feature_stage():
+    import timm
+
+    model = timm_clip(timm.create_model("test_resnet", num_classes=WIDTH), 64)
+    assert default_layer(model) is model.visual.trunk.layer4
+
+
+def test_hf_model_without_encoder_layers():
+    odd = nn.Module()
+    odd.vision_model = nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="model: no default layer for a Linear image tower"):
+        default_layer(odd)
+
+
+def test_a_layer_returning_a_one_tuple_is_its_tensor():
+    class Block(nn.Module):  # like Hugging Face encoder layers before transformers 5
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return (self.conv(x),)
+
+    block = Block()
+    x = torch.randn(2, 3, 8, 8)
+    attr = GScoreCAM(lambda x: block(x)[0].relu().sum(dim=(1, 2, 3)), block).attribute(x, topk=4)
+    assert attr.shape == (2, 1, 6, 6)
+
+
+def test_load_clip_from_a_local_hf_folder(tmp_path):
+    tokenizer = clip_tokenizer(tmp_path)
+    model = hf_clip()
+    image_processor = transformers.CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    )
+    transformers.CLIPProcessor(
+        image_processor=image_processor, tokenizer=tokenizer
+    ).save_pretrained(tmp_path)
+    model.save_pretrained(tmp_path)
+    loaded, preprocess, loaded_tokenizer = load_clip(f"hf:{tmp_path}")
+    assert not loaded.training
+    x = preprocess(Image.new("RGB", (40, 48), (200, 30, 90)))
+    assert x.shape == (3, 32, 32)
+    text = encode_text(loaded, loaded_tokenizer, ["a dog"])
+    torch.testing.assert_close(text, encode_text(model, tokenizer, ["a dog"]))
+    attr = GScoreCAM(loaded, default_layer(loaded)).attribute(x[None], target=text, topk=8)
+    assert attr.shape == (1, 1, 4, 4)
+
+
+def test_load_clip_hf_errors(tmp_path):
+    with pytest.raises(ValueError, match="model: expected hf:<Hugging Face repo id"):
+        load_clip("hf:")
+    with pytest.raises(ValueError, match="pretrained: not used with hf: models"):
+        load_clip("hf:openai/clip-vit-base-patch16", pretrained="openai")
+    transformers.ViTConfig(hidden_size=8, num_hidden_layers=1).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"model: .* is a 'vit' model; hf: supports"):
+        load_clip(f"hf:{tmp_path}")
+    with pytest.raises(ValueError, match="or hf:<Hugging Face repo id or folder>"):
+        load_clip("no-such-model")
+
+
+@pytest.mark.parametrize(
+    "processor",
+    [
+        lambda: transformers.CLIPImageProcessor(
+            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+        ),
+        lambda: transformers.SiglipImageProcessor(size={"height": 32, "width": 32}),
+    ],
+    ids=["clip", "siglip"],
+)
+def test_hf_preprocess_matches_the_image_processor(processor):
+    processor = processor()
+    pixels = torch.randint(0, 256, (56, 44, 3), generator=torch.Generator().manual_seed(5))
+    image = Image.fromarray(pixels.to(torch.uint8).numpy())
+    ours = hf_preprocess(processor)(image)
+    theirs = processor(images=image, return_tensors="pt")["pixel_values"][0]
+    assert ours.shape == theirs.shape == (3, 32, 32)
+    assert (ours - theirs).abs().mean() < 0.05  # resampling implementations differ slightly
+    normalize = hf_preprocess(processor).transforms[-1]
+    assert list(normalize.mean) == pytest.approx(list(processor.image_mean))
