@@ -52,6 +52,7 @@ class _MaskedLayerCAM(LayerAttribution):
         reshape_transform: Callable[[Tensor], Tensor] | None,
         show_progress: bool,
         autocast: torch.dtype | None,
+        early_stop: float | None = None,
     ) -> Tensor:
         images = check_inputs(inputs)
         if autocast is not None and not (
@@ -86,6 +87,7 @@ class _MaskedLayerCAM(LayerAttribution):
                 layer_input=attribute_to_layer_input,
                 progress=self.get_name() if show_progress else None,
                 autocast=autocast,
+                early_stop=early_stop,
             )
 
 
@@ -141,6 +143,7 @@ class GScoreCAM(_MaskedLayerCAM, GradientAttribution):
         reshape_transform: Callable[[Tensor], Tensor] | None = None,
         show_progress: bool = False,
         autocast: torch.dtype | None = None,
+        early_stop: float | None = None,
     ) -> Tensor:
         r"""
         Args:
@@ -178,6 +181,12 @@ class GScoreCAM(_MaskedLayerCAM, GradientAttribution):
                         ``torch.bfloat16``); the capture pass and the ranking stay in
                         full precision. The README states the measured difference.
                         Default: None (full precision)
+            early_stop (float, optional): An opt-in approximation: score each image's
+                        channels in descending gradient order, ``perturbations_per_eval``
+                        at a time, and stop once a chunk changes no prompt's map by more
+                        than this relative L1 amount; the map uses the channels scored so
+                        far. The README states the measured error and saving.
+                        Default: None (exact: every kept channel is scored)
 
         Returns:
             *Tensor* of **attributions** ``(N, T, h, w)`` on the inputs' device, at the
@@ -190,6 +199,12 @@ class GScoreCAM(_MaskedLayerCAM, GradientAttribution):
             >>> up = LayerAttribution.interpolate(attr, images.shape[-2:], "bilinear")
         """
         _check_topk(topk)
+        if early_stop is not None and (
+            isinstance(early_stop, bool)
+            or not isinstance(early_stop, (int, float))
+            or not early_stop >= 0
+        ):
+            raise ValueError(f"early_stop: expected None or a tolerance >= 0, got {early_stop!r}")
         return self._attribute(
             inputs,
             target,
@@ -201,6 +216,7 @@ class GScoreCAM(_MaskedLayerCAM, GradientAttribution):
             reshape_transform,
             show_progress,
             autocast,
+            early_stop,
         )
 
 

@@ -143,14 +143,17 @@ def masked_scores(
     chunk: int,
     progress: str | None = None,
     autocast: torch.dtype | None = None,
+    out: Tensor | None = None,
 ) -> Tensor:
     """Scores ``(N, C, T)`` of the masked inputs for (image, channel) ``pairs`` ``(P, 2)``.
 
-    Unscored pairs stay 0; non-finite scores become 0. ``progress`` names a progress bar;
-    ``autocast`` runs the masked passes under ``torch.autocast`` with that dtype.
+    Unscored pairs stay 0 (or keep their value in ``out``, which is filled in place);
+    non-finite scores become 0. ``progress`` names a progress bar; ``autocast`` runs the
+    masked passes under ``torch.autocast`` with that dtype.
     """
     n, c = activations.shape[:2]
-    scores = inputs.new_zeros((n, c, n_prompts), dtype=torch.float32)
+    if out is None:
+        out = inputs.new_zeros((n, c, n_prompts), dtype=torch.float32)
     size = (inputs.shape[2], inputs.shape[3])
     starts = range(0, pairs.shape[0], chunk)
     for start in tqdm(starts, desc=progress, unit="batch", disable=progress is None):
@@ -159,8 +162,8 @@ def masked_scores(
             masks = channel_masks(activations[image_index, channel], size)
             chunk_scores = scorer(inputs[image_index] * masks.to(inputs.dtype), image_index)
             chunk_scores = torch.where(chunk_scores.isfinite(), chunk_scores, 0.0).float()
-        scores[image_index, channel] = chunk_scores
-    return scores
+        out[image_index, channel] = chunk_scores
+    return out
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
@@ -181,10 +184,12 @@ def score_cam(
     layer_input: bool,
     progress: str | None = None,
     autocast: torch.dtype | None = None,
+    early_stop: float | None = None,
 ) -> Tensor:
     """Maps ``(N, T, h, w)``; ``topk=None`` scores every channel (ScoreCAM).
 
     ``topk`` is a channel count (clipped to C) or a fraction of C in (0, 1], rounded up.
+    ``early_stop`` (see :func:`_early_stopped`) is an opt-in approximation; None is exact.
     """
     activations, importance, n_prompts = capture(
         scorer, layer, inputs, view, with_gradient=topk is not None, layer_input=layer_input
@@ -196,11 +201,73 @@ def score_cam(
         k = min(topk, c) if isinstance(topk, int) else math.ceil(topk * c)
         top = importance.topk(k, dim=2).indices
         selected = torch.zeros_like(importance, dtype=torch.bool).scatter_(2, top, True)
+    if early_stop is not None and importance is not None:
+        return _early_stopped(
+            scorer, inputs, activations, importance, selected, perturbations_per_eval,
+            relu, progress, autocast, early_stop,
+        )  # fmt: skip
     pairs = selected.any(dim=1).nonzero()
     scores = masked_scores(
         scorer, inputs, activations, pairs, n_prompts, perturbations_per_eval, progress, autocast
     )
+    return _weighted_maps(scores, selected, activations, relu)
+
+
+def _weighted_maps(scores: Tensor, selected: Tensor, activations: Tensor, relu: bool) -> Tensor:
+    """``relu(sum_c softmax_{c in S}(s_c) A_c)`` per image and prompt, ``(N, T, h, w)``."""
     logits = scores.transpose(1, 2).masked_fill(~selected, float("-inf"))
     weights = logits.softmax(dim=2)
     maps = torch.einsum("ntc,nchw->nthw", weights, activations.float())
+    return F.relu(maps) if relu else maps
+
+
+def _early_stopped(
+    scorer: Scorer,
+    inputs: Tensor,
+    activations: Tensor,
+    importance: Tensor,
+    selected: Tensor,
+    chunk: int,
+    relu: bool,
+    progress: str | None,
+    autocast: torch.dtype | None,
+    tolerance: float,
+) -> Tensor:
+    """GScoreCAM maps, scoring each image's channels in descending gradient order, ``chunk``
+    at a time, and stopping once a chunk moves no prompt's map (before the ReLU) by more
+    than ``tolerance`` (relative L1 change); the maps use the channels scored so far. An
+    approximation: a channel ranked low by its gradient but scoring high is missed.
+    """
+    n, n_prompts, _ = importance.shape
+    scores = inputs.new_zeros((n, activations.shape[1], n_prompts), dtype=torch.float32)
+    maps = []
+    for i in tqdm(range(n), desc=progress, unit="image", disable=progress is None):
+        # every prompt's top-k in its own gradient order, interleaved; repeats dropped
+        k = int(selected[i, 0].sum())
+        ranks = importance[i].masked_fill(~selected[i], float("-inf"))
+        order = ranks.argsort(dim=1, descending=True)
+        ranked = order[:, :k].T.flatten()
+        position = torch.arange(ranked.shape[0], device=ranked.device)
+        first = torch.full_like(selected[i, 0], ranked.shape[0], dtype=torch.long)
+        first.scatter_reduce_(0, ranked, position, reduce="amin")
+        channels = ranked[first[ranked] == position]
+        scored = torch.zeros_like(selected[i : i + 1])
+        previous = None
+        for start in range(0, channels.shape[0], chunk):
+            batch = channels[start : start + chunk]
+            pairs = torch.stack([torch.full_like(batch, i), batch], dim=1)
+            masked_scores(
+                scorer, inputs, activations, pairs, n_prompts, chunk, None, autocast, scores
+            )
+            scored[0, :, batch] = selected[i, :, batch]
+            # convergence is judged before the ReLU, which can hide a change
+            current = _weighted_maps(scores[i : i + 1], scored, activations[i : i + 1], False)
+            if previous is not None:
+                change = (current - previous).abs().sum(dim=(2, 3))
+                size = current.abs().sum(dim=(2, 3))  # a map still all zero has not converged
+                if bool(((change <= tolerance * size) & (size > 0)).all()):
+                    break
+            previous = current
+        maps.append(current)
+    maps = torch.cat(maps)
     return F.relu(maps) if relu else maps
