@@ -5,7 +5,8 @@ masked passes serve every prompt. Each finished image is appended as one JSON li
 ``out_dir/results.jsonl`` (``results.rank{r}.jsonl`` under torchrun); images found in any of
 these files are not computed again, provided the settings match those recorded in
 ``out_dir/run.json``. Under ``torchrun --nproc_per_node=K`` rank r takes every
-K-th remaining image, and the rows are gathered with ``all_gather_object``; rank 0 writes
+K-th remaining image; after a barrier every rank reads all shards back (``out_dir`` must be
+shared by the ranks, as on one machine or a shared filesystem), and rank 0 writes
 ``results.json`` (settings, scores, rows), ``results.md`` and ``results.png``.
 """
 
@@ -132,12 +133,13 @@ def evaluate(
         (out_dir / RUN_FILE).write_text(json.dumps(config, indent=1))
     shard = out_dir / ("results.jsonl" if world == 1 else f"results.rank{rank}.jsonl")
     todo = [image_id for image_id in groups if image_id not in done][rank::world]
-    computed = {}
     for image_id in tqdm(todo, desc="images", disable=not show_progress or rank != 0):
         rows = evaluate_image(model, preprocess, tokenizer, groups[image_id], methods, topk, params)
         _append(shard, {"image_id": image_id, "rows": rows})
-        computed[image_id] = rows
-    records = {**done, **_gather(computed, world)}
+    if world > 1:
+        dist.barrier()  # every shard is complete on disk
+    # The shards on disk are the gather: no large all_gather_object, which stalled at ~13 MB.
+    records = _read_records(out_dir)
     rows = [row for image_id in groups for row in records[image_id]]
     results = {
         "config": config,
@@ -269,15 +271,6 @@ def _rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def _gather(computed: dict[str, list], world: int) -> dict[str, list]:
-    """Every rank's computed records, merged."""
-    if world == 1:
-        return computed
-    parts: list[dict[str, list] | None] = [None] * world
-    dist.all_gather_object(parts, computed)
-    return {image_id: rows for part in parts for image_id, rows in part.items()}
 
 
 def init_distributed(device: str) -> str:
