@@ -11,12 +11,12 @@ maps whose peak cell moves, and wall time.
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import time
 from datetime import date
 
 import torch
+from report import emit
 
 from captum_gscorecam import GScoreCAM, default_layer, encode_text
 from captum_gscorecam.clip import load_clip
@@ -88,11 +88,7 @@ def main() -> None:
             f"| {total['moved'] / maps_count:.3f} |"
         )
     text_out = "\n".join(rows)
-    print(text_out)
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as out:
-            out.write(text_out + "\n")
+    emit(text_out, args.out)
 
 
 if __name__ == "__main__":

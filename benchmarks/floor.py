@@ -22,6 +22,7 @@ from datetime import date
 import open_clip
 import torch
 import torch.nn.functional as F
+from report import emit
 from torch import nn
 
 from captum_gscorecam import GScoreCAM, default_layer
@@ -112,11 +113,7 @@ def main() -> None:
         f"{apart:.2f} s (ratio {apart / together:.2f})",
     ]
     text_out = "\n".join(rows)
-    print(text_out)
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as out:
-            out.write(text_out + "\n")
+    emit(text_out, args.out)
 
 
 if __name__ == "__main__":

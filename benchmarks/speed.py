@@ -31,6 +31,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from captum.attr import LayerGradCam
+from report import emit
 from torch import Tensor, nn
 
 from captum_gscorecam import CLIPSimilarity, GScoreCAM, ScoreCAM, default_layer
@@ -296,11 +297,7 @@ def main() -> None:
         for table in args.tables.split(","):
             lines += tables[table](args, name)
     text = "\n".join(lines)
-    print(text)
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as out:
-            out.write(text + "\n")
+    emit(text, args.out)
 
 
 if __name__ == "__main__":

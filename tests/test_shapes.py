@@ -283,6 +283,17 @@ def test_shipped_model_loads(shipped):
     assert tokens.dtype == torch.long
 
 
+def last_block_tokens(model, image):
+    """The output of the ViT tower's last block for ``image``."""
+    outputs = []
+    block = model.visual.transformer.resblocks[-1]
+    handle = block.register_forward_hook(lambda m, i, o: outputs.append(o))
+    with torch.no_grad():
+        model.encode_image(image)
+    handle.remove()
+    return outputs[0]
+
+
 def test_target_layer_grid(shipped):
     tower, model, preprocess, _ = shipped
     image = preprocess(render_scene(0).image)[None]
@@ -296,13 +307,7 @@ def test_target_layer_grid(shipped):
     else:
         rows, cols = model.visual.grid_size
         assert (rows, cols) >= (7, 7)
-        outputs = []
-        block = model.visual.transformer.resblocks[-1]
-        handle = block.register_forward_hook(lambda m, i, o: outputs.append(o))
-        with torch.no_grad():
-            model.encode_image(image)
-        handle.remove()
-        assert outputs[0].shape[1] == 1 + rows * cols
+        assert last_block_tokens(model, image).shape[1] == 1 + rows * cols
 
 
 @pytest.mark.parametrize("tower", ["rn", "vit"])
@@ -331,13 +336,7 @@ def test_conv_stem_keeps_the_vit_grid():
         conv_stem((4, 8, 8, 8, 8), width=16, patch_size=16)
     model = build_model(model_config("vit")).eval()
     image = torch.zeros(1, 3, DEFAULT_SIZE, DEFAULT_SIZE)
-    tokens = []
-    block = model.visual.transformer.resblocks[-1]
-    handle = block.register_forward_hook(lambda m, i, o: tokens.append(o))
-    with torch.no_grad():
-        model.encode_image(image)
-    handle.remove()
-    assert tokens[0].shape[1] == 1 + 7 * 7
+    assert last_block_tokens(model, image).shape[1] == 1 + 7 * 7
     assert isinstance(model.visual.conv1, torch.nn.Sequential)
 
 
