@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import socket
+import sys
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import torch
 import torch.multiprocessing as mp
 from conftest import images_for, texts, tiny_rn, tiny_vit
 from PIL import Image
+from pycocotools import mask as coco_mask
 
 import captum_gscorecam.evaluation.runner as runner
 from captum_gscorecam import CLIPSimilarity, HilaCAM, encode_text
@@ -99,39 +101,80 @@ def test_coco_round_trip_through_export_coco(tmp_path):
     assert len(coco_examples(tmp_path, SIZE, limit=1)) == 2
 
 
-def test_coco_resize_scales_boxes_polygons_and_skips_crowds(tmp_path):
-    (tmp_path / "images").mkdir()
-    (tmp_path / "annotations").mkdir()
+def _coco_folder(tmp_path, annotations):
+    (tmp_path / "images").mkdir(exist_ok=True)
+    (tmp_path / "annotations").mkdir(exist_ok=True)
     Image.new("RGB", (100, 50), "white").save(tmp_path / "images" / "a.png")
-    square = [10, 10, 30, 10, 30, 30, 10, 30]
     data = {
         "images": [{"id": 7, "file_name": "a.png", "width": 100, "height": 50}],
         "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
-        "annotations": [
-            {"image_id": 7, "category_id": 1, "bbox": [10, 10, 20, 20], "segmentation": [square]},
+        "annotations": annotations,
+    }
+    (tmp_path / "annotations" / "instances.json").write_text(json.dumps(data))
+
+
+SQUARE = [10, 10, 30, 10, 30, 30, 10, 30]
+
+
+def _right_half_compressed_rle():
+    """The right half of the 100 x 50 image, as pycocotools' compressed RLE."""
+    half = np.zeros((50, 100), dtype=np.uint8, order="F")
+    half[:, 50:] = 1
+    rle = coco_mask.encode(half)
+    return {"counts": rle["counts"].decode(), "size": [50, 100]}
+
+
+def test_coco_resize_scales_boxes_polygons_rle_and_skips_crowds(tmp_path):
+    _coco_folder(
+        tmp_path,
+        [
+            {"image_id": 7, "category_id": 1, "bbox": [10, 10, 20, 20], "segmentation": [SQUARE]},
             {
                 "image_id": 7,
                 "category_id": 1,
                 "bbox": [50, 0, 50, 50],
-                "segmentation": {"counts": "PPYo0", "size": [50, 100]},
+                "segmentation": _right_half_compressed_rle(),
             },
             {"image_id": 7, "category_id": 2, "bbox": [0, 0, 5, 5], "iscrowd": 1},
         ],
-    }
-    (tmp_path / "annotations" / "instances.json").write_text(json.dumps(data))
+    )
     (example,) = coco_examples(tmp_path, 64, template="a photo of a {}")
     assert example.prompt == "a photo of a cat"
     assert example.image_id == "7"
     assert example.n_objects == 2
     # x scales by 0.64, y by 1.28; boxes grow outwards to whole pixels
     np.testing.assert_array_equal(example.boxes, [[6, 12, 20, 39], [32, 0, 64, 64]])
-    assert example.mask is None  # compressed RLE is not decoded
     assert example.load_image().shape == (64, 64, 3)
-    data["annotations"] = data["annotations"][:1]
-    (tmp_path / "annotations" / "instances.json").write_text(json.dumps(data))
-    (example,) = coco_examples(tmp_path, 64)
-    rows, cols = np.nonzero(example.mask)
-    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (13, 38, 7, 19)
+    # the square polygon filled in the scaled frame, and the right half (x >= 50 * 0.64)
+    expected = np.zeros((64, 64), dtype=bool)
+    expected[13:39, 7:20] = True
+    expected[:, 32:] = True
+    np.testing.assert_array_equal(example.mask, expected)
+
+
+def test_compressed_and_uncompressed_rle_give_the_same_mask(tmp_path):
+    compressed = _right_half_compressed_rle()
+    uncompressed = {"counts": [2500, 2500], "size": [50, 100]}
+    masks = []
+    for segmentation in (compressed, uncompressed):
+        annotation = {"image_id": 7, "category_id": 1, "bbox": [50, 0, 50, 50]}
+        _coco_folder(tmp_path, [annotation | {"segmentation": segmentation}])
+        (example,) = coco_examples(tmp_path, 64)
+        masks.append(example.mask)
+    np.testing.assert_array_equal(masks[0], masks[1])
+    assert masks[0].sum() == 64 * 32
+
+
+def test_compressed_rle_without_pycocotools_warns_and_leaves_the_mask_unknown(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "pycocotools", None)  # import fails
+    annotation = {"image_id": 7, "category_id": 1, "bbox": [50, 0, 50, 50]}
+    _coco_folder(tmp_path, [annotation | {"segmentation": _right_half_compressed_rle()}])
+    with pytest.warns(UserWarning, match=r"pycocotools.*captum-gscorecam\[coco\]"):
+        (example,) = coco_examples(tmp_path, 64)
+    assert example.mask is None
+    np.testing.assert_array_equal(example.boxes, [[32, 0, 64, 64]])
 
 
 # The baselines in methods.py

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +92,8 @@ def coco_examples(
     ``"a photo of a {}"`` is the other common choice). Crowd annotations are skipped. Boxes
     ``[x, y, w, h]`` become ``floor(x s), floor(y s'), ceil((x + w) s), ceil((y + h) s')`` with
     ``s = size / width``, ``s' = size / height``; masks come from polygons (filled in the scaled
-    frame) or uncompressed RLE (resized, nearest); compressed RLE leaves the mask unknown.
+    frame) or RLE (resized, nearest); compressed RLE needs ``pycocotools`` (extra ``coco``),
+    without which the class's mask is unknown (None) and a warning says so.
 
     Args:
         root: The dataset folder, laid out as ``export_coco`` writes it.
@@ -150,7 +152,7 @@ def _class_mask(instances: list[dict], image: dict, size: int) -> np.ndarray | N
 
 
 def _instance_mask(segmentation: object, image: dict, size: int) -> np.ndarray | None:
-    """One instance's mask at ``size x size`` from polygons or uncompressed RLE."""
+    """One instance's mask at ``size x size`` from polygons or RLE."""
     if isinstance(segmentation, list) and segmentation:
         mask = np.zeros((size, size), dtype=bool)
         sx, sy = size / image["width"], size / image["height"]
@@ -158,7 +160,37 @@ def _instance_mask(segmentation: object, image: dict, size: int) -> np.ndarray |
             xy = np.asarray(points, dtype=float).reshape(-1, 2)
             mask[polygon(xy[:, 1] * sy, xy[:, 0] * sx, (size, size))] = True
         return mask
-    if isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
-        full = Image.fromarray(rle_decode(segmentation))
-        return np.asarray(full.resize((size, size), Image.Resampling.NEAREST))
-    return None
+    if not isinstance(segmentation, dict):
+        return None
+    counts = segmentation.get("counts")
+    if isinstance(counts, list):
+        full = rle_decode(segmentation)
+    elif isinstance(counts, (str, bytes)):
+        full = _compressed_rle_decode(segmentation)
+        if full is None:
+            return None
+    else:
+        return None
+    resized = Image.fromarray(full).resize((size, size), Image.Resampling.NEAREST)
+    return np.asarray(resized)
+
+
+def _compressed_rle_decode(segmentation: dict) -> np.ndarray | None:
+    """COCO's compressed RLE (``counts`` a string) as a bool ``(h, w)`` mask, by pycocotools."""
+    try:
+        from pycocotools import mask as coco_mask
+    except ImportError:
+        warnings.warn(
+            "coco: compressed RLE masks need pycocotools (pip install 'captum-gscorecam[coco]'); "
+            "mask IoU is skipped for those classes",
+            stacklevel=4,
+        )
+        return None
+    counts = segmentation["counts"]
+    rle = {
+        "size": segmentation["size"],
+        "counts": counts.encode() if isinstance(counts, str) else counts,
+    }
+    with warnings.catch_warnings():  # pycocotools 2.0 under numpy 2 warns on every decode
+        warnings.filterwarnings("ignore", "__array__ implementation", DeprecationWarning)
+        return coco_mask.decode(rle).astype(bool)
