@@ -90,7 +90,13 @@ class CLIPSimilarity(nn.Module):
         return self.model.logit_scale.exp().reshape(())
 
     def embed_images(self, images: Tensor) -> Tensor:
-        """L2-normalised image embeddings, ``(N, D)``."""
+        """L2-normalised image embeddings, ``(N, D)``.
+
+        On CPU the images enter the tower channels-last: same values up to float rounding,
+        and 0.75-0.9x the time of an RN50's forward pass (no change for ViTs; README).
+        """
+        if images.device.type == "cpu" and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
         return F.normalize(image_features(self.model, images).float(), dim=-1)
 
     def forward(self, images: Tensor, text_emb: Tensor) -> Tensor:

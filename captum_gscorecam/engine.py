@@ -26,9 +26,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-__all__ = ["GridView", "Scorer", "channel_masks", "restored", "score_cam"]
+__all__ = ["GridView", "Scorer", "channel_masks", "default_chunk", "restored", "score_cam"]
 
 MINMAX_EPS = 1e-6
+# Masked images per forward pass when the caller does not say: on CPU small batches stay in
+# cache (RN50 at 224 px: 16 per pass took 0.7x the time of 64); accelerators want large ones.
+CPU_CHUNK = 16
+ACCELERATOR_CHUNK = 64
+
+
+def default_chunk(device: torch.device) -> int:
+    """The default ``perturbations_per_eval`` on ``device``."""
+    return CPU_CHUNK if device.type == "cpu" else ACCELERATOR_CHUNK
 
 
 class Scorer(Protocol):

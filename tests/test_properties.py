@@ -8,7 +8,8 @@ from conftest import images_for, texts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from captum_gscorecam import GScoreCAM, ScoreCAM, default_layer
+from captum_gscorecam import GScoreCAM, ScoreCAM, default_layer, engine
+from captum_gscorecam.engine import default_chunk
 
 SETTINGS = settings(max_examples=10, deadline=None, derandomize=True)
 MODELS = ["rn", "vit"]
@@ -67,6 +68,25 @@ def test_chunk_size_does_not_matter(request, name, ppe, topk, seed):
     a = cam.attribute(x, target=text, topk=topk, perturbations_per_eval=ppe)
     b = cam.attribute(x, target=text, topk=topk, perturbations_per_eval=64)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_default_chunk_is_small_on_cpu_and_large_elsewhere(rn, monkeypatch):
+    assert default_chunk(torch.device("cpu")) == 16
+    assert default_chunk(torch.device("cuda")) == default_chunk(torch.device("mps")) == 64
+    seen = []
+    real = engine.masked_scores
+
+    def spy(*args, **kwargs):
+        seen.append(args[5])  # the chunk
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "masked_scores", spy)
+    cam = GScoreCAM(rn, default_layer(rn))
+    x, text = images_for(rn, 1), texts(1, 1)
+    by_default = cam.attribute(x, target=text, topk=40)
+    explicit = cam.attribute(x, target=text, topk=40, perturbations_per_eval=16)
+    assert seen == [16, 16]
+    torch.testing.assert_close(by_default, explicit, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("name", MODELS)

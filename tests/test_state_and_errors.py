@@ -148,7 +148,7 @@ def test_bad_topk(rn_cam, topk, error, match):
 @pytest.mark.parametrize("ppe", [0, -1, 2.5])
 def test_bad_perturbations_per_eval(rn_cam, ppe):
     model, cam = rn_cam
-    with pytest.raises(ValueError, match="perturbations_per_eval: expected an int >= 1"):
+    with pytest.raises(ValueError, match="perturbations_per_eval: expected None or an int >= 1"):
         cam.attribute(images_for(model, 1), target=texts(1, 1)[0, 0], perturbations_per_eval=ppe)
 
 
