@@ -1,12 +1,14 @@
 """Where the floor can move: variants of the masked forward passes, timed side by side.
 
-    python benchmarks/floor.py --out benchmarks/results/floor-cpu.md
+    python benchmarks/floor.py --compile --out benchmarks/results/floor-cpu.md
 
-For an open_clip image tower with random weights (speed does not depend on them), times k
-forward passes in batches of ``perturbations_per_eval`` under: ``torch.no_grad`` vs
-``torch.inference_mode``; channels_last (input and a channels_last copy of the model);
-``torch.compile`` of the tower (compile time reported apart); and gScoreCAM on N images in one
-call vs N calls (masked passes of different images share batches).
+For open_clip image towers with random weights (speed does not depend on them), times k
+forward passes, ``perturbations_per_eval`` (ppe) at a time, for every ppe of ``--ppe`` and
+memory format (contiguous; channels_last input; channels_last input and model copy), under
+``torch.inference_mode``; plus ``torch.no_grad`` and ``torch.compile`` (compile time reported
+apart) at the first ppe. Cases run in turn, ``--repeats`` rounds in alternating order; the
+least time counts. Then gScoreCAM end to end: its default ppe vs the first ppe, and N images in
+one call vs N calls (masked passes of different images share batches).
 """
 
 from __future__ import annotations
@@ -26,111 +28,128 @@ from report import emit
 from torch import nn
 
 from captum_gscorecam import GScoreCAM, default_layer
+from captum_gscorecam.engine import default_chunk
 
 
-def floor(tower: nn.Module, image: torch.Tensor, k: int, ppe: int, mode: Callable) -> None:
+def floor(
+    tower: nn.Module, image: torch.Tensor, k: int, ppe: int, mode: Callable, last: bool
+) -> None:
+    """k forward passes of ``tower``, ppe at a time, channels_last input if ``last``."""
     with mode():
         for start in range(0, k, ppe):
-            tower(image.expand(min(ppe, k - start), -1, -1, -1) * 0.5)
+            batch = image.expand(min(ppe, k - start), -1, -1, -1) * 0.5
+            tower(batch.contiguous(memory_format=torch.channels_last) if last else batch)
 
 
-def best_of(
-    fn: Callable[[], object], repeats: int, warm: Callable[[], object] | None = None
-) -> float:
-    """Least wall time of ``repeats`` calls, after one call of ``warm`` (default: ``fn``)."""
-    (warm or fn)()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+def rounds(cases: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Least wall time per case over ``repeats`` rounds, every other round in reverse order."""
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for r in range(repeats):
+        for name in list(cases)[:: 1 if r % 2 == 0 else -1]:
+            start = time.perf_counter()
+            cases[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: min(t) for name, t in times.items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="RN50")
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--k", type=int, default=205)
-    parser.add_argument("--ppe", type=int, default=64)
-    parser.add_argument("--ppe-sweep", type=int, nargs="*", default=[8, 16])
-    parser.add_argument("--images", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile")
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args()
-
+def floor_table(name: str, args: argparse.Namespace) -> list[str]:
     torch.manual_seed(0)
-    model = open_clip.create_model(args.model, force_image_size=args.size).eval()
+    model = open_clip.create_model(name, force_image_size=args.size).eval()
     model.requires_grad_(False)
     tower = model.visual
+    last_model = copy.deepcopy(tower).to(memory_format=torch.channels_last)
     image = torch.randn(1, 3, args.size, args.size)
-    rows = [
-        f"Measured {date.today()} on {platform.machine()}, {os.cpu_count()} CPU cores, "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads); "
-        f"{args.model} at {args.size} px, k = {args.k}, perturbations_per_eval = {args.ppe}",
-        "",
-        "| variant | wall time (s) | vs inference_mode |",
-        "|---|---:|---:|",
-    ]
-
-    def timed(module: nn.Module, x: torch.Tensor, mode: Callable, ppe: int = args.ppe) -> float:
-        return best_of(
-            lambda: floor(module, x, args.k, ppe, mode),
-            args.repeats,
-            warm=lambda: floor(module, x, ppe, ppe, mode),
+    k, first = args.k, args.ppe[0]
+    cases: dict[str, Callable[[], object]] = {}
+    for ppe in args.ppe:
+        cases[f"ppe {ppe}, contiguous"] = lambda p=ppe: floor(
+            tower, image, k, p, torch.inference_mode, False
         )
-
-    base = timed(tower, image, torch.inference_mode)
-    variants = {"inference_mode (ours)": base}
-    variants["no_grad"] = timed(tower, image, torch.no_grad)
-    for ppe in args.ppe_sweep:
-        variants[f"inference_mode, perturbations_per_eval = {ppe}"] = timed(
-            tower, image, torch.inference_mode, ppe
+        cases[f"ppe {ppe}, channels_last input"] = lambda p=ppe: floor(
+            tower, image, k, p, torch.inference_mode, True
         )
-    last = copy.deepcopy(tower).to(memory_format=torch.channels_last)
-    image_last = image.contiguous(memory_format=torch.channels_last)
-    variants["channels_last (model copy + input)"] = timed(last, image_last, torch.inference_mode)
+        cases[f"ppe {ppe}, channels_last input + model"] = lambda p=ppe: floor(
+            last_model, image, k, p, torch.inference_mode, True
+        )
+    cases[f"ppe {first}, contiguous, no_grad"] = lambda: floor(
+        tower, image, k, first, torch.no_grad, False
+    )
+    compile_note = ""
     if args.compile:
         compiled = torch.compile(tower)
         start = time.perf_counter()
-        floor(compiled, image, args.ppe, args.ppe, torch.inference_mode)
-        floor(compiled, image, args.k % args.ppe or args.ppe, args.ppe, torch.inference_mode)
-        compile_seconds = time.perf_counter() - start
-        variants[f"torch.compile (after {compile_seconds:.0f} s compiling)"] = timed(
-            compiled, image, torch.inference_mode
+        floor(compiled, image, first, first, torch.inference_mode, False)
+        floor(compiled, image, k % first or first, first, torch.inference_mode, False)
+        compile_note = f" (after {time.perf_counter() - start:.0f} s compiling)"
+        cases[f"ppe {first}, contiguous, torch.compile"] = lambda: floor(
+            compiled, image, k, first, torch.inference_mode, False
         )
-    rows += [f"| {name} | {t:.2f} | {t / base:.2f} |" for name, t in variants.items()]
+    floor(tower, image, first, first, torch.inference_mode, False)  # warm-up
+    times = rounds(cases, args.repeats)
+    base = times[f"ppe {first}, contiguous"]
+    rows = [
+        f"### {name} at {args.size} px: floor of k = {k} forward passes (inference_mode)",
+        "",
+        "| variant | wall time (s) | ms / image | vs first row |",
+        "|---|---:|---:|---:|",
+    ]
+    for case, t in times.items():
+        label = case + (compile_note if "compile" in case else "")
+        rows.append(f"| {label} | {t:.2f} | {1000 * t / k:.0f} | {t / base:.2f} |")
 
     images = torch.randn(args.images, 3, args.size, args.size)
     text = F.normalize(torch.randn(args.images, model.text_projection.shape[1]), dim=-1)
     cam = GScoreCAM(model, default_layer(model))
-
-    def warm() -> None:
-        cam.attribute(images[:1], target=text[0], topk=8)
-
-    together = best_of(
-        lambda: cam.attribute(images, target=text, topk=args.k, perturbations_per_eval=args.ppe),
-        1,
-        warm,
-    )
-    apart = best_of(
-        lambda: [
-            cam.attribute(
-                images[i : i + 1], target=text[i], topk=args.k, perturbations_per_eval=args.ppe
-            )
-            for i in range(args.images)
-        ],
-        1,
-        warm,
+    chosen = default_chunk(images.device)
+    cam.attribute(images[:1], target=text[0], topk=8)  # warm-up
+    ends = rounds(
+        {
+            f"gScoreCAM, default ppe ({chosen})": lambda: cam.attribute(
+                images[:1], target=text[0], topk=k
+            ),
+            f"gScoreCAM, ppe {first}": lambda: cam.attribute(
+                images[:1], target=text[0], topk=k, perturbations_per_eval=first
+            ),
+            f"gScoreCAM, {args.images} images in one call": lambda: cam.attribute(
+                images, target=text, topk=k
+            ),
+            f"gScoreCAM, {args.images} images in {args.images} calls": lambda: [
+                cam.attribute(images[i : i + 1], target=text[i], topk=k) for i in range(args.images)
+            ],
+        },
+        args.repeats,
     )
     rows += [
         "",
-        f"gScoreCAM on {args.images} images: one call {together:.2f} s, {args.images} calls "
-        f"{apart:.2f} s (ratio {apart / together:.2f})",
+        f"### {name}: gScoreCAM end to end (k = {k}, 1 prompt per image)",
+        "",
+        "| case | wall time (s) |",
+        "|---|---:|",
     ]
-    text_out = "\n".join(rows)
-    emit(text_out, args.out)
+    rows += [f"| {case} | {t:.2f} |" for case, t in ends.items()]
+    return [*rows, ""]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="RN50,ViT-B-32")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--k", type=int, default=64, help="forward passes (channels)")
+    parser.add_argument("--ppe", type=int, nargs="+", default=[64, 16, 8])
+    parser.add_argument("--images", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    rows = [
+        f"Measured {date.today()} on {platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), 1 image per pass "
+        f"repeated; least of {args.repeats} rounds.",
+        "",
+    ]
+    for name in args.models.split(","):
+        rows += floor_table(name, args)
+    emit("\n".join(rows), args.out)
 
 
 if __name__ == "__main__":
