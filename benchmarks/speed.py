@@ -105,11 +105,12 @@ class Setup:
             torch.cuda.synchronize()
 
     def floor(self, n_images: int) -> None:
-        """``n_images`` forward passes of the image tower, ``ppe`` at a time."""
+        """``n_images`` forward passes of the image tower, ``ppe`` at a time, entered as the
+        masked passes enter it (``CLIPSimilarity.embed_images``: channels-last on CPU)."""
         with torch.inference_mode():
             for start in range(0, n_images, self.ppe):
                 b = min(self.ppe, n_images - start)
-                self.model.encode_image(self.image.expand(b, -1, -1, -1) * 0.5)
+                self.similarity.embed_images(self.image.expand(b, -1, -1, -1) * 0.5)
 
     def pytorch_grad_cam(self, text: Tensor) -> None:
         from pytorch_grad_cam import ScoreCAM as PGCScoreCAM
