@@ -93,7 +93,7 @@ class CLIPSimilarity(nn.Module):
         """L2-normalised image embeddings, ``(N, D)``.
 
         On CPU the images enter the tower channels-last: same values up to float rounding,
-        and 0.75-0.9x the time of an RN50's forward pass (no change for ViTs; README).
+        and about 0.75x the time of an RN50's forward pass (no change for ViTs; README).
         """
         if images.device.type == "cpu" and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)

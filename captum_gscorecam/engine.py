@@ -30,7 +30,8 @@ __all__ = ["GridView", "Scorer", "channel_masks", "default_chunk", "restored", "
 
 MINMAX_EPS = 1e-6
 # Masked images per forward pass when the caller does not say: on CPU small batches stay in
-# cache (RN50 at 224 px: 16 per pass took 0.7x the time of 64); accelerators want large ones.
+# cache (RN50 at 224 px: 16 per pass took 0.83x the time of 64, benchmarks/floor.py);
+# accelerators want large ones.
 CPU_CHUNK = 16
 ACCELERATOR_CHUNK = 64
 
