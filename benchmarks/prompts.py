@@ -90,7 +90,7 @@ def main() -> None:
             for i in range(t):
                 total["apart"] += run(image, text[:, i : i + 1], args.topk)[1]
             total["apart_s"] += time.perf_counter() - start
-            if 2 * k >= t * k:  # T <= 2: twice one prompt's passes need no cut
+            if t <= 2:  # twice one prompt's passes hold T <= 2 prompts uncut
                 continue
             small, _ = run(image, text, math.ceil(2 * k / t))
             live = exact.flatten(1).sum(1) > 0  # maps the ReLU zeroed are left out
