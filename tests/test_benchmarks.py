@@ -52,3 +52,13 @@ def test_early_stop_script(run_script):
     text = run_script("early_stop.py", "--scenes", "1", "--tolerances", "0")
     assert "| None (exact) | 1.00 |" in text
     assert "| 0 | 1.00 |" in text  # tolerance 0 scores every channel
+
+
+def test_topk_script(run_script, tmp_path):
+    text = run_script(
+        "topk.py", "--scenes", "1", "--objects", "3", "--topk", "0.1,1", "--work", str(tmp_path)
+    )
+    rows = [line.split("|")[1:3] for line in text.splitlines() if line.startswith("| 0.1 |")]
+    rows += [line.split("|")[1:3] for line in text.splitlines() if line.startswith("| 1 |")]
+    assert [[cell.strip() for cell in row] for row in rows] == [["0.1", "26"], ["1", "256"]]
+    assert (tmp_path / "k0.1" / "results.json").is_file()  # per-k results, resumable

@@ -1,0 +1,98 @@
+"""gScoreCAM's localization as a function of k, the number of channels kept.
+
+    python benchmarks/topk.py --model shapes-vit --scenes 500 --out benchmarks/results/topk-vit.md
+
+Runs the localization benchmark (``captum_gscorecam.evaluation.evaluate``, gScoreCAM only) on the
+same held-out shapes scenes once per k; k = all channels is ScoreCAM. Per k: the pointing game,
+box accuracy, MaxBoxAccV2, energy-based pointing, mask IoU and wall time per image. Each k's
+per-example results go to ``--work/k<k>`` (an interrupted sweep resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import tempfile
+from datetime import date
+from pathlib import Path
+
+import torch
+from report import emit
+
+from captum_gscorecam import default_layer
+from captum_gscorecam.clip import LayerGrid, load_clip
+from captum_gscorecam.evaluation import evaluate
+from captum_gscorecam.evaluation.datasets import shapes_examples
+
+METRICS = {
+    "pointing": "pointing game",
+    "box_accuracy": "box accuracy",
+    "max_box_acc_v2": "MaxBoxAccV2",
+    "energy": "energy",
+    "mask_iou": "mask IoU",
+    "seconds_per_image": "s / image",
+}
+
+
+def layer_channels(model: torch.nn.Module, layer: torch.nn.Module, size: int) -> int:
+    """C, the channel count of ``layer``'s grid, from one forward pass."""
+    outputs = []
+    handle = layer.register_forward_hook(lambda _m, _a, output: outputs.append(output))
+    try:
+        with torch.no_grad():
+            model.encode_image(torch.zeros(1, 3, size, size))
+    finally:
+        handle.remove()
+    return LayerGrid.for_model(model).activations(outputs[0], 1).shape[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="shapes-rn", help="shapes-rn or shapes-vit")
+    parser.add_argument("--scenes", type=int, default=100)
+    parser.add_argument("--objects", default="3-6", help="objects per scene, LOW-HIGH")
+    parser.add_argument("--topk", default="0.02,0.05,0.1,0.25,0.5,1.0", help="fractions of C")
+    parser.add_argument("--work", default=None, help="per-k results (default: a temp folder)")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    model, preprocess, tokenizer = load_clip(args.model)
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    channels = layer_channels(model, default_layer(model), size)
+    low, _, high = args.objects.partition("-")
+    objects = (int(low), int(high or low))
+    seeds = range(10_000_000, 10_000_000 + args.scenes)
+    examples = shapes_examples(seeds, objects, size)
+    fractions = [float(f) for f in args.topk.split(",")]
+    run = {"model": args.model, "dataset": "shapes", "seed": seeds[0], "objects": list(objects)}
+
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(args.work or scratch)
+        summaries = {}
+        for fraction in fractions:
+            results = evaluate(
+                model, preprocess, tokenizer, examples, ["gscorecam"], fraction,
+                work / f"k{fraction:g}", run=run, show_progress=True,
+            )  # fmt: skip
+            summaries[fraction] = results["summary"]["gscorecam"]
+
+    rows = [
+        f"Measured {date.today()} on {platform.machine()}, 1 thread, torch {torch.__version__}; "
+        f"{args.model} ({channels} channels), {args.scenes} held-out scenes with {args.objects} "
+        f"objects ({len(examples)} examples); k = all channels is ScoreCAM",
+        "",
+        "| k | channels | " + " | ".join(METRICS.values()) + " |",
+        "|---:|---:|" + "---:|" * len(METRICS),
+    ]
+    for fraction, summary in summaries.items():
+        cells = [f"{summary[key]:.3f}" for key in METRICS]
+        k = math.ceil(fraction * channels)
+        rows.append(f"| {fraction:g} | {k} | " + " | ".join(cells) + " |")
+    emit("\n".join(rows), args.out)
+
+
+if __name__ == "__main__":
+    main()
