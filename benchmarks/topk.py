@@ -6,6 +6,9 @@ Runs the localization benchmark (``captum_gscorecam.evaluation.evaluate``, gScor
 same held-out shapes scenes once per k; k = all channels is ScoreCAM. Per k: the pointing game,
 box accuracy, MaxBoxAccV2, energy-based pointing, mask IoU and wall time per image. Each k's
 per-example results go to ``--work/k<k>`` (an interrupted sweep resumes).
+
+``--random`` adds the control: the same k channels drawn at random (seeded) in place of the k of
+largest mean gradient, everything else unchanged, which shows what the gradient ranking is worth.
 """
 
 from __future__ import annotations
@@ -14,8 +17,11 @@ import argparse
 import math
 import platform
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from datetime import date
 from pathlib import Path
+from unittest import mock
 
 import torch
 from report import emit
@@ -47,12 +53,26 @@ def layer_channels(model: torch.nn.Module, layer: torch.nn.Module, size: int) ->
     return LayerGrid.for_model(model).activations(outputs[0], 1).shape[1]
 
 
+@contextmanager
+def random_ranking(seed: int = 0) -> Iterator[None]:
+    """gScoreCAM ranks channels by seeded random numbers in place of their mean gradient."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def importance(self: LayerGrid, grad: torch.Tensor, n: int) -> torch.Tensor:
+        channels = self.activations(grad, n).shape[1]
+        return torch.rand(n, channels, generator=generator).to(grad.device)
+
+    with mock.patch.object(LayerGrid, "importance", importance):
+        yield
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="shapes-rn", help="shapes-rn or shapes-vit")
     parser.add_argument("--scenes", type=int, default=100)
     parser.add_argument("--objects", default="3-6", help="objects per scene, LOW-HIGH")
     parser.add_argument("--topk", default="0.02,0.05,0.1,0.25,0.5,1.0", help="fractions of C")
+    parser.add_argument("--random", action="store_true", help="add random channel choice")
     parser.add_argument("--work", default=None, help="per-k results (default: a temp folder)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -69,28 +89,34 @@ def main() -> None:
     fractions = [float(f) for f in args.topk.split(",")]
     run = {"model": args.model, "dataset": "shapes", "seed": seeds[0], "objects": list(objects)}
 
+    rankings = ["gradient", "random"] if args.random else ["gradient"]
+    summaries = {}
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(args.work or scratch)
-        summaries = {}
-        for fraction in fractions:
-            results = evaluate(
-                model, preprocess, tokenizer, examples, ["gscorecam"], fraction,
-                work / f"k{fraction:g}", run=run, show_progress=True,
-            )  # fmt: skip
-            summaries[fraction] = results["summary"]["gscorecam"]
+        for ranking in rankings:
+            for fraction in fractions:
+                if ranking == "random" and fraction == 1:
+                    continue  # every channel: the ranking does not matter
+                name = f"k{fraction:g}" if ranking == "gradient" else f"random-k{fraction:g}"
+                with random_ranking() if ranking == "random" else nullcontext():
+                    results = evaluate(
+                        model, preprocess, tokenizer, examples, ["gscorecam"], fraction,
+                        work / name, run=run | {"ranking": ranking}, show_progress=True,
+                    )  # fmt: skip
+                summaries[ranking, fraction] = results["summary"]["gscorecam"]
 
     rows = [
         f"Measured {date.today()} on {platform.machine()}, 1 thread, torch {torch.__version__}; "
         f"{args.model} ({channels} channels), {args.scenes} held-out scenes with {args.objects} "
         f"objects ({len(examples)} examples); k = all channels is ScoreCAM",
         "",
-        "| k | channels | " + " | ".join(METRICS.values()) + " |",
-        "|---:|---:|" + "---:|" * len(METRICS),
+        "| channels ranked by | k | channels | " + " | ".join(METRICS.values()) + " |",
+        "|---|---:|---:|" + "---:|" * len(METRICS),
     ]
-    for fraction, summary in summaries.items():
+    for (ranking, fraction), summary in summaries.items():
         cells = [f"{summary[key]:.3f}" for key in METRICS]
         k = math.ceil(fraction * channels)
-        rows.append(f"| {fraction:g} | {k} | " + " | ".join(cells) + " |")
+        rows.append(f"| {ranking} | {fraction:g} | {k} | " + " | ".join(cells) + " |")
     emit("\n".join(rows), args.out)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import runpy
 import sys
 from pathlib import Path
@@ -9,6 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from captum_gscorecam.clip import LayerGrid
+
+IMPORTANCE = LayerGrid.importance
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -56,9 +60,15 @@ def test_early_stop_script(run_script):
 
 def test_topk_script(run_script, tmp_path):
     text = run_script(
-        "topk.py", "--scenes", "1", "--objects", "3", "--topk", "0.1,1", "--work", str(tmp_path)
-    )
-    rows = [line.split("|")[1:3] for line in text.splitlines() if line.startswith("| 0.1 |")]
-    rows += [line.split("|")[1:3] for line in text.splitlines() if line.startswith("| 1 |")]
-    assert [[cell.strip() for cell in row] for row in rows] == [["0.1", "26"], ["1", "256"]]
-    assert (tmp_path / "k0.1" / "results.json").is_file()  # per-k results, resumable
+        "topk.py", "--scenes", "1", "--objects", "3", "--topk", "0.1,1", "--random",
+        "--work", str(tmp_path),
+    )  # fmt: skip
+    rows = [line.split("|")[1:4] for line in text.splitlines() if line.startswith("| gradient |")]
+    rows += [line.split("|")[1:4] for line in text.splitlines() if line.startswith("| random |")]
+    expected = [["gradient", "0.1", "26"], ["gradient", "1", "256"], ["random", "0.1", "26"]]
+    assert [[cell.strip() for cell in row] for row in rows] == expected
+    gradient = json.loads((tmp_path / "k0.1" / "results.json").read_text())
+    random = json.loads((tmp_path / "random-k0.1" / "results.json").read_text())
+    assert random["config"]["run"]["ranking"] == "random"
+    assert [row["energy"] for row in random["rows"]] != [row["energy"] for row in gradient["rows"]]
+    assert LayerGrid.importance is IMPORTANCE  # the random ranking is undone
