@@ -35,8 +35,10 @@ class HilaCAM(GradientAttribution):
     r"""HilaCAM (Chefer et al., ICCV 2021): relevance propagated through the attention maps.
 
     ``Abar_b = mean_h clamp(grad(A_b) * A_b, min=0)``, ``R <- R + Abar_b R`` over the blocks
-    from ``R = I``; the map is ``R[cls, patches]`` on the patch grid. Works on open_clip ViT
-    towers whose blocks use ``nn.MultiheadAttention`` and pool the class token.
+    from ``R = I``; the map is ``R[cls, patches]`` on the patch grid. Works on ViT towers that
+    pool the class token: open_clip's (blocks with an ``nn.MultiheadAttention`` ``attn``) and
+    Hugging Face's ``CLIPModel`` (blocks with a ``self_attn`` of ``q_proj``, ``k_proj``,
+    ``v_proj``, ``out_proj``).
     """
 
     def __init__(
@@ -47,12 +49,14 @@ class HilaCAM(GradientAttribution):
         r"""
         Args:
 
-            forward_func (Callable or torch.nn.Module): A CLIP model with an open_clip ViT
-                        image tower (wrapped in :class:`CLIPSimilarity`), or a
-                        ``CLIPSimilarity`` of one.
-            blocks (sequence of torch.nn.Module, optional): The attention blocks, each with
-                        an ``attn`` ``nn.MultiheadAttention``, first to last.
-                        Default: the tower's blocks (``visual.transformer.resblocks``)
+            forward_func (Callable or torch.nn.Module): A CLIP model with a ViT image tower
+                        (open_clip or Hugging Face; wrapped in :class:`CLIPSimilarity`), or
+                        a ``CLIPSimilarity`` of one.
+            blocks (sequence of torch.nn.Module, optional): The attention blocks, first to
+                        last, each with an ``attn`` ``nn.MultiheadAttention`` (open_clip) or
+                        a Hugging Face ``self_attn``.
+                        Default: the tower's blocks (``visual.transformer.resblocks`` or
+                        ``vision_model.encoder.layers``)
         """
         if is_clip_model(forward_func):
             forward_func = CLIPSimilarity(forward_func)
@@ -73,10 +77,11 @@ class HilaCAM(GradientAttribution):
         if not blocks:
             raise ValueError("blocks: expected at least one attention block")
         for i, block in enumerate(blocks):
-            if not isinstance(getattr(block, "attn", None), nn.MultiheadAttention):
+            if _attention_of(block) is None:
                 raise TypeError(
                     f"blocks: block {i} ({type(block).__name__}) has no `attn` "
-                    "nn.MultiheadAttention whose attention map HilaCAM can capture"
+                    "nn.MultiheadAttention nor a Hugging Face `self_attn` (q_proj, k_proj, "
+                    "v_proj, out_proj) whose attention map HilaCAM can capture"
                 )
         grid = LayerGrid.for_model(model)
         if grid.pools_class_token is False:
@@ -162,28 +167,83 @@ def _class_relevance(maps: Sequence[Tensor], grads: Sequence[Tensor]) -> Tensor:
 
 @contextmanager
 def explicit_attention(blocks: Sequence[nn.Module]) -> Iterator[list[Tensor]]:
-    """Inside the context, each block's ``nn.MultiheadAttention`` computes
-    ``softmax(Q K^T / sqrt(d)) V`` explicitly and appends its attention ``(N, H, L, S)``
-    to the yielded list (fused kernels never expose it). The forwards are restored on exit.
+    """Inside the context, each block's attention computes ``softmax(Q K^T / sqrt(d)) V``
+    explicitly and appends its attention ``(N, H, L, S)`` to the yielded list (fused kernels
+    never expose it). Blocks hold an ``nn.MultiheadAttention`` ``attn`` (open_clip) or a
+    Hugging Face ``self_attn``. The forwards are restored on exit.
     """
     maps: list[Tensor] = []
     saved = []
-    for block in blocks:
-        attn = block.attn
-        if attn.bias_k is not None or attn.add_zero_attn:
-            raise ValueError(
-                "blocks: nn.MultiheadAttention with add_bias_kv or add_zero_attn is not supported"
-            )
-        saved.append((attn, attn.__dict__.get("forward")))
-        attn.forward = _explicit_forward(attn, maps)
     try:
+        for block in blocks:
+            attn = _attention_of(block)
+            if attn is None:
+                raise TypeError(f"blocks: {type(block).__name__} has no attention to capture")
+            if isinstance(attn, nn.MultiheadAttention):
+                if attn.bias_k is not None or attn.add_zero_attn:
+                    raise ValueError(
+                        "blocks: nn.MultiheadAttention with add_bias_kv or add_zero_attn is "
+                        "not supported"
+                    )
+                forward = _explicit_forward(attn, maps)
+            else:
+                forward = _explicit_hf_forward(attn, maps)
+            saved.append((attn, attn.__dict__.get("forward")))
+            attn.forward = forward
         yield maps
     finally:
-        for attn, forward in saved:
-            if forward is None:
+        for attn, original in saved:
+            if original is None:
                 del attn.forward
             else:
-                attn.forward = forward
+                attn.forward = original
+
+
+def _attention_of(block: nn.Module) -> nn.Module | None:
+    """The block's attention module: open_clip's ``attn`` MHA or a Hugging Face ``self_attn``."""
+    attn = getattr(block, "attn", None)
+    if isinstance(attn, nn.MultiheadAttention):
+        return attn
+    attn = getattr(block, "self_attn", None)
+    parts = ("q_proj", "k_proj", "v_proj", "out_proj")
+    if isinstance(attn, nn.Module) and all(hasattr(attn, part) for part in parts):
+        return attn
+    return None
+
+
+def _explicit_hf_forward(attn: nn.Module, maps: list[Tensor]) -> Callable[..., Any]:
+    """A drop-in forward for a Hugging Face CLIP/SigLIP attention that records its attention.
+
+    Computes ``softmax(q k^T * scale + masks) v`` as the eager implementation does, for the
+    call conventions of transformers 4.40+ (``causal_attention_mask``) and 5 (``**kwargs``);
+    float masks are added, boolean masks keep the positions that are True.
+    """
+
+    def forward(
+        hidden_states: Tensor,
+        attention_mask: Tensor | None = None,
+        causal_attention_mask: Tensor | None = None,
+        *_: Any,
+        **__: Any,
+    ) -> tuple[Tensor, Tensor]:
+        n, length, width = hidden_states.shape
+        heads = attn.num_heads
+        q, k, v = (
+            proj(hidden_states).reshape(n, length, heads, -1).transpose(1, 2)
+            for proj in (attn.q_proj, attn.k_proj, attn.v_proj)
+        )
+        logits = q @ k.transpose(-2, -1) * attn.scale
+        for mask in (causal_attention_mask, attention_mask):
+            if mask is not None and mask.dtype == torch.bool:  # True: may attend
+                logits = logits.masked_fill(~mask, float("-inf"))
+            elif mask is not None:  # additive
+                logits = logits + mask.to(logits.dtype)
+        attention = logits.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+        maps.append(attention)
+        out = (attention @ v).transpose(1, 2).reshape(n, length, width)
+        return attn.out_proj(out), attention
+
+    return forward
 
 
 def _explicit_forward(attn: nn.MultiheadAttention, maps: list[Tensor]) -> Callable[..., Any]:

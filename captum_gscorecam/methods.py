@@ -33,8 +33,9 @@ BATCH = 64
 def check_method(model: nn.Module, method: str) -> None:
     """Raise a ValueError naming ``method`` if it is unknown or cannot explain ``model``.
 
-    HilaCAM needs a ViT tower whose blocks use ``nn.MultiheadAttention`` and pool the class
-    token (open_clip's ViTs); every other method works on any CLIP tower.
+    HilaCAM needs a ViT tower that pools the class token, with open_clip's
+    ``nn.MultiheadAttention`` or Hugging Face CLIP attention; every other method works on any
+    CLIP tower.
     """
     if method not in METHODS:
         raise ValueError(f"method: unknown method {method!r}; expected one of {list(METHODS)}")

@@ -7,6 +7,7 @@ Every model is built from a tiny config with random weights; nothing is download
 from __future__ import annotations
 
 import json
+import math
 import string
 
 import open_clip
@@ -19,9 +20,17 @@ from PIL import Image
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from captum_gscorecam import CLIPSimilarity, GScoreCAM, ScoreCAM, default_layer, encode_text
+from captum_gscorecam import (
+    CLIPSimilarity,
+    GScoreCAM,
+    HilaCAM,
+    ScoreCAM,
+    default_layer,
+    encode_text,
+)
 from captum_gscorecam.clip import LayerGrid, hf_preprocess, is_clip_model, load_clip, token_blocks
-from captum_gscorecam.methods import explain_maps
+from captum_gscorecam.hila import explicit_attention
+from captum_gscorecam.methods import applicable_methods, explain_maps
 
 transformers = pytest.importorskip("transformers")
 
@@ -51,11 +60,13 @@ HF_TEXT = {
 }
 
 
-def hf_clip(seed: int = 0) -> nn.Module:
+def hf_clip(seed: int = 0, attention: str | None = None) -> nn.Module:
     torch.manual_seed(seed)
     config = transformers.CLIPConfig(
         text_config=HF_TEXT, vision_config=HF_VISION, projection_dim=WIDTH
     )
+    if attention is not None:
+        config._attn_implementation = attention  # "eager" returns the attention it uses
     return transformers.CLIPModel(config).eval()
 
 
@@ -313,6 +324,53 @@ def test_siglip_without_its_pooling_head_is_a_clear_error():
     model = hf_siglip(vision_use_head=False)
     with pytest.raises(ValueError, match="model: its image tower returned no pooled embedding"):
         CLIPSimilarity(model)(images(1, 32), texts(1, 1, width=WIDTH)[:, 0])
+
+
+def hf_reference_hilacam(model: nn.Module, image: torch.Tensor, text: torch.Tensor, start: int):
+    """The relevance rule on the attention tensors Hugging Face's eager attention returns."""
+    out = model.vision_model(pixel_values=image[None].requires_grad_(True), output_attentions=True)
+    emb = F.normalize(model.visual_projection(out.pooler_output), dim=-1)[0]
+    score = model.logit_scale.exp() * (emb @ F.normalize(text, dim=-1))
+    used = out.attentions[start % len(out.attentions) :]
+    grads = torch.autograd.grad(score, used)
+    relevance = torch.eye(used[0].shape[-1])
+    for a, g in zip(used, grads, strict=True):
+        relevance = relevance + (g[0] * a[0]).clamp(min=0).mean(dim=0) @ relevance
+    side = math.isqrt(relevance.shape[0] - 1)
+    return relevance[0, 1:].reshape(side, side)
+
+
+@pytest.mark.parametrize("start", [0, -1])
+def test_hilacam_on_hf_clip_follows_the_rule_on_hf_attention(start):
+    model = hf_clip(seed=1, attention="eager")
+    x = images(2, 32)
+    text = texts(2, 2, width=WIDTH)
+    maps = HilaCAM(model).attribute(x, target=text, start_layer=start)
+    assert maps.shape == (2, 2, 4, 4)
+    for i in range(2):
+        for j in range(2):
+            expected = hf_reference_hilacam(model, x[i], text[i, j], start)
+            torch.testing.assert_close(maps[i, j], expected, atol=1e-6, rtol=1e-4)
+
+
+def test_hf_explicit_attention_equals_the_sdpa_forward():
+    model = hf_clip()  # sdpa: Hugging Face never materialises the attention
+    x = images(2, 32)
+    layers = model.vision_model.encoder.layers
+    with torch.no_grad():
+        expected = model.vision_model(pixel_values=x).last_hidden_state
+        with explicit_attention(layers) as maps:
+            got = model.vision_model(pixel_values=x).last_hidden_state
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert [tuple(a.shape) for a in maps] == [(2, 2, 17, 17)] * len(layers)
+    torch.testing.assert_close(maps[0].sum(-1), torch.ones(2, 2, 17))
+    assert all("forward" not in layer.self_attn.__dict__ for layer in layers)
+
+
+def test_hilacam_applies_to_hf_clip_but_not_to_siglip():
+    assert "hilacam" in applicable_methods(hf_clip())
+    with pytest.raises(ValueError, match="forward_func: HilaCAM reads the class token"):
+        HilaCAM(hf_siglip())
 
 
 def test_timm_towers_without_a_usable_layer():
