@@ -367,6 +367,28 @@ def test_hf_explicit_attention_equals_the_sdpa_forward():
     assert all("forward" not in layer.self_attn.__dict__ for layer in layers)
 
 
+def test_hilacam_leaves_hf_clip_as_found_when_the_pass_fails():
+    model = hf_clip().train()
+
+    def state():
+        return [(m.training, "forward" in m.__dict__) for m in model.modules()]
+
+    before = state()
+    HilaCAM(model).attribute(images(1, 32), target=texts(1, 1, width=WIDTH)[:, 0])
+    assert state() == before
+
+    def fail(*_):
+        raise RuntimeError("tower failed")
+
+    handle = model.vision_model.post_layernorm.register_forward_hook(fail)
+    try:
+        with pytest.raises(RuntimeError, match="tower failed"):  # after every block ran patched
+            HilaCAM(model).attribute(images(1, 32), target=texts(1, 1, width=WIDTH)[:, 0])
+    finally:
+        handle.remove()
+    assert state() == before
+
+
 def test_hilacam_applies_to_hf_clip_but_not_to_siglip():
     assert "hilacam" in applicable_methods(hf_clip())
     with pytest.raises(ValueError, match="forward_func: HilaCAM reads the class token"):
