@@ -5,10 +5,12 @@
 Runs the localization benchmark (``captum_gscorecam.evaluation.evaluate``, gScoreCAM only) on the
 same held-out shapes scenes once per k; k = all channels is ScoreCAM. Per k: the pointing game,
 box accuracy, MaxBoxAccV2, energy-based pointing, mask IoU and wall time per image. Each k's
-per-example results go to ``--work/k<k>`` (an interrupted sweep resumes).
+per-example results go to ``--work/k<k>`` (``random-k<k>`` for the control); an interrupted
+sweep resumes.
 
 ``--random`` adds the control: the same k channels drawn at random (seeded) in place of the k of
-largest mean gradient, everything else unchanged, which shows what the gradient ranking is worth.
+largest mean gradient, everything else unchanged, which shows what the gradient ranking is
+worth. A resumed random run draws afresh for the images it has left.
 """
 
 from __future__ import annotations
