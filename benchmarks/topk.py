@@ -1,7 +1,6 @@
 """gScoreCAM's localization as a function of k, the number of channels kept.
 
-    python benchmarks/topk.py --model shapes-vit --scenes 500 --random \
-        --out benchmarks/results/topk-vit.md
+    python benchmarks/topk.py --model shapes-vit --scenes 500 --random --out topk-vit.md
 
 Runs the localization benchmark (``captum_gscorecam.evaluation.evaluate``, gScoreCAM only) on the
 same held-out shapes scenes once per k; k = all channels is ScoreCAM. Per k: the pointing game,
