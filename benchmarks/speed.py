@@ -31,7 +31,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from captum.attr import LayerGradCam
-from report import emit
+from report import emit, layer_channels
 from torch import Tensor, nn
 
 from captum_gscorecam import CLIPSimilarity, GScoreCAM, ScoreCAM, default_layer
@@ -66,19 +66,8 @@ class Setup:
         self.texts = F.normalize(torch.randn(prompts, width, generator=g), dim=-1).to(device)
         self.ppe = ppe
         self.device = device
-        with torch.no_grad():
-            self.channels = self._count_channels()
+        self.channels = layer_channels(self.model, self.layer, self.image)
         self.k = math.ceil(0.1 * self.channels)
-
-    def _count_channels(self) -> int:
-        grabbed: list[Tensor] = []
-        handle = self.layer.register_forward_hook(lambda _m, _i, out: grabbed.append(out))
-        try:
-            self.model.encode_image(self.image)
-        finally:
-            handle.remove()
-        out = grabbed[0]
-        return out.shape[1] if out.dim() == 4 else out.shape[-1]
 
     def run(self, case: str, prompts: int = 1) -> None:
         text = self.texts[:prompts]

@@ -26,7 +26,7 @@ from pathlib import Path
 from unittest import mock
 
 import torch
-from report import emit
+from report import emit, layer_channels
 
 from captum_gscorecam import default_layer
 from captum_gscorecam.clip import LayerGrid, load_clip
@@ -41,18 +41,6 @@ METRICS = {
     "mask_iou": "mask IoU",
     "seconds_per_image": "s / image",
 }
-
-
-def layer_channels(model: torch.nn.Module, layer: torch.nn.Module, size: int) -> int:
-    """C, the channel count of ``layer``'s grid, from one forward pass."""
-    outputs = []
-    handle = layer.register_forward_hook(lambda _m, _a, output: outputs.append(output))
-    try:
-        with torch.no_grad():
-            model.encode_image(torch.zeros(1, 3, size, size))
-    finally:
-        handle.remove()
-    return LayerGrid.for_model(model).activations(outputs[0], 1).shape[1]
 
 
 @contextmanager
@@ -83,7 +71,7 @@ def main() -> None:
     model, preprocess, tokenizer = load_clip(args.model)
     size = model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
-    channels = layer_channels(model, default_layer(model), size)
+    channels = layer_channels(model, default_layer(model), torch.zeros(1, 3, size, size))
     low, _, high = args.objects.partition("-")
     objects = (int(low), int(high or low))
     seeds = range(10_000_000, 10_000_000 + args.scenes)

@@ -234,10 +234,8 @@ def _explicit_hf_forward(attn: nn.Module, maps: list[Tensor]) -> Callable[..., A
         )
         logits = q @ k.transpose(-2, -1) * attn.scale
         for mask in (causal_attention_mask, attention_mask):
-            if mask is not None and mask.dtype == torch.bool:  # True: may attend
-                logits = logits.masked_fill(~mask, float("-inf"))
-            elif mask is not None:  # additive
-                logits = logits + mask.to(logits.dtype)
+            if mask is not None:  # a Hugging Face boolean mask is True where it may attend
+                logits = _apply_mask(logits, ~mask if mask.dtype == torch.bool else mask)
         attention = logits.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
         maps.append(attention)
         out = (attention @ v).transpose(1, 2).reshape(n, length, width)
