@@ -9,6 +9,12 @@ import torch
 from captum.attr import GradientAttribution, LayerAttribution, PerturbationAttribution
 from torch import Tensor, nn
 
+from captum_gscorecam.checks import (
+    check_flag,
+    check_perturbations_per_eval,
+    check_tolerance,
+    check_topk,
+)
 from captum_gscorecam.clip import CLIPSimilarity, CustomGrid, LayerGrid, TextScorer, is_clip_model
 from captum_gscorecam.engine import Scorer, default_chunk, restored, score_cam
 from captum_gscorecam.targets import TargetScorer
@@ -59,16 +65,16 @@ class _MaskedLayerCAM(LayerAttribution):
             isinstance(autocast, torch.dtype) and autocast.is_floating_point
         ):
             raise TypeError(f"autocast: expected None or a floating torch.dtype, got {autocast!r}")
+        perturbations_per_eval = check_perturbations_per_eval(perturbations_per_eval)
         if perturbations_per_eval is None:
             perturbations_per_eval = default_chunk(images.device)
-        elif (
-            isinstance(perturbations_per_eval, bool)
-            or not isinstance(perturbations_per_eval, int)
-            or perturbations_per_eval < 1
-        ):
-            raise ValueError(
-                "perturbations_per_eval: expected None or an int >= 1, "
-                f"got {perturbations_per_eval!r}"
+        relu_attributions = check_flag(relu_attributions, "relu_attributions")
+        attribute_to_layer_input = check_flag(attribute_to_layer_input, "attribute_to_layer_input")
+        show_progress = check_flag(show_progress, "show_progress")
+        if reshape_transform is not None and not callable(reshape_transform):
+            raise TypeError(
+                "reshape_transform: expected None or a callable, "
+                f"got {type(reshape_transform).__name__}"
             )
         scorer = make_scorer(self.forward_func, images, target, additional_forward_args)
         model = getattr(self.forward_func, "model", None)
@@ -202,13 +208,8 @@ class GScoreCAM(_MaskedLayerCAM, GradientAttribution):
             >>> attr = cam.attribute(images, target=text_emb)  # (N, 1, h, w)
             >>> up = LayerAttribution.interpolate(attr, images.shape[-2:], "bilinear")
         """
-        _check_topk(topk)
-        if early_stop is not None and (
-            isinstance(early_stop, bool)
-            or not isinstance(early_stop, (int, float))
-            or not early_stop >= 0
-        ):
-            raise ValueError(f"early_stop: expected None or a tolerance >= 0, got {early_stop!r}")
+        topk = check_topk(topk)
+        early_stop = check_tolerance(early_stop, "early_stop", none_allowed=True)
         return self._attribute(
             inputs,
             target,
@@ -312,17 +313,6 @@ def check_inputs(inputs: Tensor | tuple[Tensor]) -> Tensor:
     if not bool(torch.isfinite(inputs).all()):
         raise ValueError("inputs: contains NaN or infinite values")
     return inputs
-
-
-def _check_topk(topk: int | float) -> None:
-    if isinstance(topk, bool) or not isinstance(topk, (int, float)):
-        raise TypeError(
-            f"topk: expected an int count or a float fraction, got {type(topk).__name__}"
-        )
-    if isinstance(topk, int) and topk < 1:
-        raise ValueError(f"topk: expected a channel count >= 1, got {topk}")
-    if isinstance(topk, float) and not 0.0 < topk <= 1.0:
-        raise ValueError(f"topk: expected a fraction of the channels in (0, 1], got {topk}")
 
 
 def _text_per_image(text: Tensor, n: int) -> Tensor:

@@ -1,0 +1,99 @@
+"""Argument checks shared by the Python API and the command line.
+
+Each check returns the normalised value or raises a ``ValueError`` (a value out of range) or
+a ``TypeError`` (a value of the wrong kind) whose message starts with the argument's name and
+says what was expected. The module imports nothing heavy (no torch), so the command line can
+check its arguments at parse time, before a model is loaded.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+
+__all__ = [
+    "check_flag",
+    "check_int",
+    "check_perturbations_per_eval",
+    "check_tolerance",
+    "check_topk",
+]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def _shown(value: object) -> str:
+    """The value in a message: numbers as written, anything else by its type."""
+    return repr(value) if _is_real(value) or isinstance(value, str) else type(value).__name__
+
+
+def check_topk(value: object, name: str = "topk") -> int | float | None:
+    """The channel count of gScoreCAM: an int >= 1, or a fraction of the channels in (0, 1].
+
+    A float with an integer value above 1 (``300.0``) is the count ``300``; ``1.0`` is the
+    fraction "all channels". ``None`` is passed through: the caller's default.
+    """
+    if value is None:
+        return None
+    expected = (
+        f"{name}: expected a channel count (an int >= 1) or a fraction of the channels "
+        f"in (0, 1], got {_shown(value)}"
+    )
+    if _is_int(value):
+        if value < 1:
+            raise ValueError(expected)
+        return int(value)
+    if not _is_real(value):
+        raise TypeError(expected)
+    value = float(value)
+    if 0.0 < value <= 1.0:
+        return value
+    if value > 1.0 and value.is_integer():
+        return int(value)
+    raise ValueError(expected)
+
+
+def check_perturbations_per_eval(value: object, name: str = "perturbations_per_eval") -> int | None:
+    """Masked images per forward pass: None (the device's default) or an int >= 1."""
+    if value is None:
+        return None
+    return check_int(value, name, minimum=1, none_allowed=True)
+
+
+def check_int(
+    value: object, name: str, minimum: int | None = None, none_allowed: bool = False
+) -> int:
+    """An int (not a bool, not a float) of at least ``minimum``."""
+    bound = "" if minimum is None else f" >= {minimum}"
+    expected = f"{name}: expected {'None or ' if none_allowed else ''}an int{bound}"
+    if not _is_int(value):
+        raise TypeError(f"{expected}, got {_shown(value)}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{expected}, got {value!r}")
+    return int(value)
+
+
+def check_tolerance(value: object, name: str, none_allowed: bool = False) -> float | None:
+    """A finite number >= 0 (a tolerance, a margin); ``None`` too if ``none_allowed``."""
+    if value is None and none_allowed:
+        return None
+    expected = f"{name}: expected {'None or ' if none_allowed else ''}a finite number >= 0"
+    if not _is_real(value):
+        raise TypeError(f"{expected}, got {_shown(value)}")
+    value = float(value)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{expected}, got {value!r}")
+    return value
+
+
+def check_flag(value: object, name: str) -> bool:
+    """A bool (``True`` / ``False``; not a truthy string or number)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected True or False, got {_shown(value)}")
+    return value
