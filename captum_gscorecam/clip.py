@@ -21,6 +21,8 @@ __all__ = [
     "LayerGrid",
     "default_layer",
     "encode_text",
+    "gradcam_layer",
+    "grid_tap",
     "hf_preprocess",
     "image_features",
     "is_clip_model",
@@ -212,6 +214,28 @@ def default_layer(model: nn.Module) -> nn.Module:
         f"model: no default layer for a {type(tower).__name__} image tower; pass the layer "
         "(a module whose output is (N, C, h, w) or tokens) explicitly"
     )
+
+
+def gradcam_layer(model: nn.Module) -> nn.Module:
+    """The layer Captum's gradient methods (``LayerGradCam``, ...) should use on ``model``.
+
+    On a ViT tower that pools its class token, the block before the last; elsewhere
+    ``default_layer(model)``. Why: only the class token of the last block reaches the image
+    embedding, so the gradient at that block's patch tokens is zero and a gradient-weighted map
+    there is zero everywhere; one block earlier the patch tokens feed the last block's
+    attention, so they get gradient. Towers that pool patch tokens (average or attention
+    pooling) and CNNs keep their last layer. Wrap the layer with :func:`grid_tap` to give
+    Captum ``(N, C, h, w)`` maps on a ViT.
+    """
+    blocks = token_blocks(model)
+    pools_class_token = LayerGrid.for_model(_unwrapped(model)).pools_class_token is not False
+    if blocks is not None and len(blocks) > 1 and pools_class_token:
+        return blocks[-2]
+    return default_layer(model)
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    return model.model if isinstance(model, CLIPSimilarity) else model
 
 
 def _is_timm_vit(trunk: object) -> bool:
@@ -513,8 +537,14 @@ def grid_tap(model: nn.Module, layer: nn.Module) -> Iterator[nn.Module]:
     (the values do not change), which Captum can hook. For other towers it is the layer itself.
     A layer returning a tuple (Hugging Face layers before transformers 5) has its first item
     rerouted.
+
+    Examples::
+
+        >>> with grid_tap(model, gradcam_layer(model)) as tap:
+        ...     maps = LayerGradCam(CLIPSimilarity(model), tap).attribute(
+        ...         images, additional_forward_args=(text,))  # (N, 1, h, w)
     """
-    grid = LayerGrid.for_model(model)
+    grid = LayerGrid.for_model(_unwrapped(model))
     if grid.grid is None:
         yield layer
         return

@@ -7,7 +7,7 @@ from captum.attr import IntegratedGradients, LayerGradCam, Occlusion, Saliency
 from torch import Tensor, nn
 
 from captum_gscorecam.attribution import GScoreCAM, ScoreCAM
-from captum_gscorecam.clip import CLIPSimilarity, LayerGrid, default_layer, grid_tap, token_blocks
+from captum_gscorecam.clip import CLIPSimilarity, default_layer, gradcam_layer, grid_tap
 from captum_gscorecam.hila import HilaCAM
 
 __all__ = ["METHODS", "applicable_methods", "check_method", "explain_maps"]
@@ -72,16 +72,16 @@ def explain_maps(
     pixel maps ``(N, T, H, W)``; ``uniform`` is the constant map ``1`` at image resolution,
     a baseline that carries no information. ``topk`` matters to gScoreCAM only.
 
-    LayerGradCam is Captum's, through CLIPSimilarity. At a class-token-pooled ViT's last block
-    it is zero everywhere (the patch tokens do not reach the output), so on those towers it
-    runs at the block before; towers that pool patch tokens (average or attention pooling)
-    keep their last block.
+    LayerGradCam is Captum's, through CLIPSimilarity, at ``gradcam_layer(model)`` (the block
+    before the last on class-token-pooled ViTs, where the last block's map is zero).
     """
     check_method(model, method)
     if method == "uniform":
         return images.new_ones(images.shape[0], text.shape[1], *images.shape[-2:])
     if method in PIXEL_METHODS:
         return _pixel_maps(model, images, text, method, show_progress)
+    if method == "gradcam":
+        return _gradcam_maps(model, images, text)
     layer = default_layer(model)
     if method == "gscorecam":
         return GScoreCAM(model, layer).attribute(
@@ -89,14 +89,13 @@ def explain_maps(
         )
     if method == "scorecam":
         return ScoreCAM(model, layer).attribute(images, target=text, show_progress=show_progress)
-    if method == "hilacam":
-        return HilaCAM(model).attribute(images, target=text)
-    blocks = token_blocks(model)
-    pools_class_token = LayerGrid.for_model(model).pools_class_token is not False
-    if blocks is not None and len(blocks) > 1 and pools_class_token:
-        layer = blocks[-2]
+    return HilaCAM(model).attribute(images, target=text)
+
+
+def _gradcam_maps(model: nn.Module, images: Tensor, text: Tensor) -> Tensor:
+    """Captum's LayerGradCam at ``gradcam_layer(model)``, one prompt at a time."""
     similarity = CLIPSimilarity(model)
-    with grid_tap(model, layer) as grid_layer:
+    with grid_tap(model, gradcam_layer(model)) as grid_layer:
         gradcam = LayerGradCam(similarity, grid_layer)
         maps = [
             gradcam.attribute(images, additional_forward_args=(text[:, t],), relu_attributions=True)

@@ -129,21 +129,32 @@ def make_preprocess(
     mean: Iterable[float] = open_clip.OPENAI_DATASET_MEAN,
     std: Iterable[float] = open_clip.OPENAI_DATASET_STD,
 ) -> Preprocess:
-    """A callable mapping a PIL image or (H, W, 3) uint8 array to a normalised (3, S, S) tensor.
+    """A torchvision ``Compose`` mapping a PIL image or (H, W, 3) uint8 array to a normalised
+    (3, S, S) tensor.
 
-    Images of another size are resized with bicubic interpolation.
+    Images of another size are resized to S x S with bicubic interpolation (no crop), a step
+    ``visualization.to_photo`` can undo.
     """
-    mean, std = tuple(mean), tuple(std)
+    from torchvision import transforms
 
-    def preprocess(image: Image.Image | np.ndarray) -> torch.Tensor:
-        if isinstance(image, np.ndarray):
-            image = Image.fromarray(image)
-        image = image.convert("RGB")
-        if image.size != (size, size):
-            image = image.resize((size, size), Image.Resampling.BICUBIC)
-        return normalize(to_tensor(np.array(image)), mean, std)
+    resize = transforms.Resize((size, size), interpolation=transforms.InterpolationMode.BICUBIC)
+    return transforms.Compose([_rgb_image, resize, _Normalized(tuple(mean), tuple(std))])
 
-    return preprocess
+
+def _rgb_image(image: Image.Image | np.ndarray) -> Image.Image:
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    return image.convert("RGB")
+
+
+class _Normalized:
+    """A PIL image to a CLIP-normalised (3, H, W) tensor."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.mean, self.std = mean, std
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return normalize(to_tensor(np.array(image)), self.mean, self.std)
 
 
 def load_shapes_clip(
