@@ -1,14 +1,36 @@
-"""gScoreCAM for CLIP as a Captum layer attribution."""
+"""gScoreCAM for CLIP as a Captum layer attribution.
 
-from captum_gscorecam.attribution import GScoreCAM, ScoreCAM
-from captum_gscorecam.clip import (
-    CLIPSimilarity,
-    default_layer,
-    encode_text,
-    gradcam_layer,
-    grid_tap,
-)
-from captum_gscorecam.hila import HilaCAM
+The public names are imported on first use (PEP 562), so ``import captum_gscorecam`` and the
+``gscorecam`` command's ``--help`` do not pay for torch, open_clip and Captum up front.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from captum_gscorecam.attribution import GScoreCAM, ScoreCAM
+    from captum_gscorecam.clip import (
+        CLIPSimilarity,
+        default_layer,
+        encode_text,
+        gradcam_layer,
+        grid_tap,
+    )
+    from captum_gscorecam.hila import HilaCAM
+
+# Public name -> the module that defines it; a new name goes here, in __all__ and above.
+_EXPORTS = {
+    "CLIPSimilarity": "captum_gscorecam.clip",
+    "GScoreCAM": "captum_gscorecam.attribution",
+    "HilaCAM": "captum_gscorecam.hila",
+    "ScoreCAM": "captum_gscorecam.attribution",
+    "default_layer": "captum_gscorecam.clip",
+    "encode_text": "captum_gscorecam.clip",
+    "gradcam_layer": "captum_gscorecam.clip",
+    "grid_tap": "captum_gscorecam.clip",
+}
 
 __all__ = [
     "CLIPSimilarity",
@@ -21,3 +43,16 @@ __all__ = [
     "grid_tap",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    """Import a public name from its module the first time it is asked for."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

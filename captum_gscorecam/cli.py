@@ -1,4 +1,9 @@
-"""The ``gscorecam`` command: ``demo`` (offline, shapes world) and ``explain`` (any image)."""
+"""The ``gscorecam`` command: ``demo`` (offline, shapes world), ``explain`` (your photos) and
+``evaluate`` (benchmarks).
+
+Arguments are checked as they are parsed; torch, open_clip, Captum and matplotlib are imported
+inside the commands, so ``--help`` answers at once.
+"""
 
 from __future__ import annotations
 
@@ -7,126 +12,414 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-import matplotlib
+from captum_gscorecam.method_names import METHOD_HELP, METHODS
+from captum_gscorecam.usage import (
+    TOPK_DEFAULT_HELP,
+    Parser,
+    UsageError,
+    check_model,
+    count_arg,
+    device_arg,
+    figure_arg,
+    find_layer,
+    folder_arg,
+    layer_arg,
+    load_model,
+    perturbations_arg,
+    prompt_arg,
+    resolve_device,
+    seed_arg,
+    template_arg,
+    topk_arg,
+)
 
-matplotlib.use("Agg")
+__all__ = ["main", "parser"]
 
-import numpy as np
-import torch
-from PIL import Image, UnidentifiedImageError
-
-from captum_gscorecam.clip import encode_text
-from captum_gscorecam.evaluation.runner import add_evaluate_parser
-from captum_gscorecam.methods import METHODS, check_method, explain_maps
-from captum_gscorecam.usage import UsageError, load_model, parse_topk
-from captum_gscorecam.visualization import show_maps, to_image, upsample
-
-DEMO_METHODS = {name: METHODS[name] for name in ("gscorecam", "scorecam", "gradcam")}
+DEMO_METHODS = ("gscorecam", "scorecam", "gradcam")
+EVALUATE_HELP = "compare explainers on a localization benchmark"
+# Methods that take --layer, and those that take --perturbations-per-eval.
+LAYER_METHODS = ("gscorecam", "scorecam", "gradcam")
+BATCHED_METHODS = ("gscorecam", "scorecam", "occlusion")
 
 
 def demo(args: argparse.Namespace) -> None:
-    """Explain every object of a few held-out shapes scenes with three methods; one figure."""
-    from captum_gscorecam.shapes import render_scene
+    """Explain every object of a few held-out shapes scenes with three methods (and HilaCAM on
+    the ViT); one figure and a table of how often each map peaks inside its object.
+    """
+    import matplotlib
 
-    model, preprocess, tokenizer = load_model(f"shapes-{args.tower}", None, args.device)
+    matplotlib.use("Agg")
+    import numpy as np
+    import torch
+
+    from captum_gscorecam.clip import encode_text
+    from captum_gscorecam.methods import explain_maps
+    from captum_gscorecam.shapes import render_scene
+    from captum_gscorecam.visualization import show_maps, to_image, upsample
+
+    device = resolve_device(args.device)
+    model, preprocess, tokenizer = load_model(f"shapes-{args.tower}", None, device)
+    methods = [*DEMO_METHODS, "hilacam"] if args.tower == "vit" else list(DEMO_METHODS)
     size = model.visual.image_size
     size = size[0] if isinstance(size, tuple) else size
     scenes = [render_scene(args.seed + i, args.objects, size) for i in range(args.scenes)]
-    images = torch.stack([preprocess(scene.image) for scene in scenes]).to(args.device)
+    images = torch.stack([preprocess(scene.image) for scene in scenes]).to(device)
     text = torch.stack([encode_text(model, tokenizer, scene.captions) for scene in scenes])
     columns, hits, seconds = [], {}, {}
-    for method, label in DEMO_METHODS.items():
+    for method in methods:
         start = time.perf_counter()
         maps = upsample(explain_maps(model, images, text, method, args.topk), (size, size))
-        seconds[label] = time.perf_counter() - start
+        seconds[method] = time.perf_counter() - start
         peaks = maps.reshape(*maps.shape[:2], -1).argmax(-1)
         masks = np.stack([scene.masks.reshape(len(scene.captions), -1) for scene in scenes])
-        hits[label] = np.take_along_axis(masks, peaks[..., None], axis=-1).mean()
+        hits[method] = np.take_along_axis(masks, peaks[..., None], axis=-1).mean()
         columns.append(maps)
     rows = [(i, t) for i, scene in enumerate(scenes) for t in range(len(scene.captions))]
     fig = show_maps(
         [to_image(images[i].cpu()) for i, _ in rows],
         [[maps[i, t] for maps in columns] for i, t in rows],
         [scenes[i].captions[t] for i, t in rows],
-        list(DEMO_METHODS.values()),
+        [METHODS[method] for method in methods],
     )
     fig.savefig(args.out, dpi=100)
     print(f"shapes-{args.tower}: {args.scenes} held-out scenes x {args.objects} objects")
     print(f"{'method':<14}{'peak inside the object':>24}{'time (s)':>10}")
-    for label in DEMO_METHODS.values():
-        print(f"{label:<14}{hits[label]:>24.2f}{seconds[label]:>10.1f}")
+    for method in methods:
+        print(f"{METHODS[method]:<14}{hits[method]:>24.2f}{seconds[method]:>10.1f}")
     print(f"wrote {args.out}")
 
 
 def explain(args: argparse.Namespace) -> None:
-    """Explain one image file against each prompt; one overlay per prompt."""
-    if not args.prompt:
-        raise UsageError("prompt: give at least one --prompt TEXT")
-    path = Path(args.image)
-    if not path.is_file():
-        raise UsageError(f"image: no such file: {path}")
+    """Explain each photo against every prompt: a figure per photo (a row per prompt, the map on
+    the full photo), a table of CLIP scores, and with ``--save-maps`` the maps as ``.npy``.
+    """
+    from captum_gscorecam.images import check_image, expand_images
+
     try:
-        photo = Image.open(path).convert("RGB")
-    except (UnidentifiedImageError, OSError):
-        raise UsageError(f"image: not an image file: {path}") from None
-    model, preprocess, tokenizer = load_model(args.model, args.pretrained, args.device)
+        paths = expand_images(args.images)
+        for path in paths:
+            check_image(path)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    figures = _figure_paths(args.out, paths)
+    _check_method_options(args)
+    check_model(args.model, args.pretrained)
+    texts = [args.template.format(prompt) for prompt in args.prompt]
+    device = resolve_device(args.device)
+    model, preprocess, tokenizer = load_model(args.model, args.pretrained, device)
+    from captum_gscorecam.methods import check_method
+
     try:
         check_method(model, args.method)
     except ValueError as error:
-        raise UsageError(str(error)) from None
-    images = preprocess(photo).unsqueeze(0).to(args.device)
-    text = encode_text(model, tokenizer, args.prompt)[None]
-    maps = explain_maps(model, images, text, args.method, args.topk, show_progress=True)
-    up = upsample(maps, tuple(images.shape[-2:]))[0]
-    fig = show_maps(
-        [to_image(images[0].cpu(), **_normalisation(preprocess))] * len(args.prompt),
-        [[m] for m in up],
-        args.prompt,
-        [METHODS[args.method]],
-    )
-    fig.savefig(args.out, dpi=120)
-    print(f"wrote {args.out}")
+        raise UsageError(f"argument --method: {str(error).partition(': ')[2]}") from None
+    layer = None if args.layer is None else find_layer(model, args.layer)
+    _explain_photos(args, paths, figures, texts, model, preprocess, tokenizer, layer)
 
 
-def _normalisation(preprocess: object) -> dict[str, Sequence[float]]:
-    """The mean and std of a torchvision preprocess; none (CLIP's) for other callables."""
-    for step in getattr(preprocess, "transforms", []):
-        if hasattr(step, "mean") and hasattr(step, "std"):
-            return {"mean": step.mean, "std": step.std}
-    return {}
+def _explain_photos(
+    args: argparse.Namespace,
+    paths: Sequence[Path],
+    figures: Sequence[Path],
+    texts: Sequence[str],
+    model: Any,
+    preprocess: Any,
+    tokenizer: Any,
+    layer: Any,
+) -> None:
+    """The work of ``explain`` once everything is checked and the model is loaded."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from captum_gscorecam.clip import CLIPSimilarity, encode_text
+    from captum_gscorecam.images import read_image
+    from captum_gscorecam.methods import explain_maps
+    from captum_gscorecam.visualization import no_crop, to_photo
+
+    if args.no_crop:
+        preprocess = no_crop(preprocess)
+    device = next(model.parameters()).device
+    text = encode_text(model, tokenizer, texts)[None]
+    similarity = CLIPSimilarity(model)
+    if args.save_maps is not None:
+        args.save_maps.mkdir(exist_ok=True)
+        (args.save_maps / "prompts.json").write_text(json.dumps(args.prompt, indent=1) + "\n")
+    figures[0].parent.mkdir(exist_ok=True)
+    rows, start = [], time.perf_counter()
+    for path, figure in zip(tqdm(paths, desc="images", unit="image"), figures, strict=True):
+        began = time.perf_counter()
+        photo = read_image(path)
+        images = preprocess(photo)[None].to(device)
+        maps = explain_maps(
+            model,
+            images,
+            text,
+            args.method,
+            args.topk,
+            show_progress=True,
+            layer=layer,
+            perturbations_per_eval=args.perturbations_per_eval,
+        )
+        photo_maps = np.asarray(to_photo(maps[0], photo.size, preprocess), dtype=np.float32)
+        with torch.no_grad():
+            scores = similarity(images, text)[0].tolist()
+        _photo_figure(photo, photo_maps, args.prompt, scores, METHODS[args.method]).savefig(
+            figure, dpi=100
+        )
+        if args.save_maps is not None:
+            np.save(args.save_maps / f"{path.stem}.npy", photo_maps)
+        rows.append((str(path), scores, time.perf_counter() - began))
+    elapsed = time.perf_counter() - start
+    table = _score_table(rows, args.prompt)
+    (figures[0].parent / "scores.md").write_text(table + "\n")
+    (figures[0].parent / "scores.csv").write_text(_score_csv(rows, args.prompt))
+    print(f"CLIP scores (logit_scale * cos), {args.model}, {METHODS[args.method]}:")
+    print(table)
+    print(f"{len(paths)} image(s) x {len(texts)} prompt(s) in {elapsed:.1f} s")
+    folder = figures[0].parent
+    named = figures[0] if len(figures) == 1 else f"{len(figures)} figures in {folder}"
+    print(f"wrote {named}, {folder / 'scores.csv'}, {folder / 'scores.md'}")
+    if args.save_maps is not None:
+        print(f"wrote {len(paths)} map(s) (T, H, W) and prompts.json to {args.save_maps}")
 
 
-def parser() -> argparse.ArgumentParser:
-    """The ``gscorecam`` argument parser."""
-    root = argparse.ArgumentParser(prog="gscorecam", description="What is CLIP looking at?")
-    sub = root.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="offline demo on held-out shapes scenes")
-    d.add_argument("--out", default="demo.png")
-    d.add_argument("--tower", choices=["rn", "vit"], default="rn")
-    d.add_argument("--scenes", type=int, default=3)
-    d.add_argument("--objects", type=int, default=3, choices=range(1, 7), metavar="1..6")
-    d.add_argument("--seed", type=int, default=10_000_000, help="first held-out scene seed")
-    d.add_argument("--topk", type=parse_topk, default=0.1, help="count, or fraction of channels")
-    d.add_argument("--device", default="cpu")
-    d.set_defaults(run=demo)
-    e = sub.add_parser("explain", help="explain an image file against prompts")
-    e.add_argument("image")
-    e.add_argument("--prompt", action="append", default=[])
-    e.add_argument("--model", default="shapes-rn", help="shapes-rn, shapes-vit or open_clip name")
-    e.add_argument("--pretrained", default=None, help="open_clip tag (openai) or a checkpoint")
-    e.add_argument("--method", choices=list(METHODS), default="gscorecam")
-    e.add_argument("--topk", type=parse_topk, default=300, help="count, or fraction of channels")
-    e.add_argument("--device", default="cpu")
-    e.add_argument("--out", default="out.png")
-    e.set_defaults(run=explain)
-    add_evaluate_parser(sub)
+def _photo_figure(
+    photo: Any, maps: Any, prompts: Sequence[str], scores: Sequence[float], method: str
+) -> Any:
+    """A row per prompt: the map over the full photo, titled with the prompt and its score."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from captum_gscorecam.visualization import overlay
+
+    width, height = photo.size
+    panel = 5.0
+    fig, axes = plt.subplots(
+        len(prompts), 1, figsize=(panel, panel * height / width * len(prompts) + 0.4),
+        squeeze=False,
+    )  # fmt: skip
+    pixels = np.asarray(photo)
+    for ax, saliency, prompt, score in zip(axes[:, 0], maps, prompts, scores, strict=True):
+        ax.imshow(overlay(pixels, saliency))
+        ax.set_title(f"{method}: {prompt!r}  (score {score:.2f})", fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def _score_table(rows: Sequence[tuple[str, list[float], float]], prompts: Sequence[str]) -> str:
+    """A Markdown table: one row per image, one column per prompt, and the seconds it took."""
+    head = ["image", *prompts, "seconds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for image, scores, seconds in rows:
+        cells = [image, *(f"{s:.2f}" for s in scores), f"{seconds:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _score_csv(rows: Sequence[tuple[str, list[float], float]], prompts: Sequence[str]) -> str:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["image", *prompts, "seconds"])
+    for image, scores, seconds in rows:
+        writer.writerow([image, *(f"{s:.4f}" for s in scores), f"{seconds:.2f}"])
+    return buffer.getvalue()
+
+
+def _figure_paths(out: Path, paths: Sequence[Path]) -> list[Path]:
+    """``--out``: a figure file for one photo, else a folder of ``<stem>.png``; stems unique."""
+    stems: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in stems:
+            raise UsageError(
+                f"argument images: {stems[path.stem]} and {path} share the name {path.stem!r}, "
+                "and their figures and maps are named after it; rename one or explain them apart"
+            )
+        stems[path.stem] = path
+    if out.suffix and not out.is_dir():
+        if len(paths) > 1:
+            raise UsageError(
+                f"argument --out: {out} is one figure, for one photo; {len(paths)} photos need "
+                "an output folder"
+            )
+        return [out]
+    return [out / f"{path.stem}.png" for path in paths]
+
+
+def _check_method_options(args: argparse.Namespace) -> None:
+    """Refuse options the chosen method would ignore."""
+    used = {
+        "--topk": (args.topk, ("gscorecam",)),
+        "--layer": (args.layer, LAYER_METHODS),
+        "--perturbations-per-eval": (args.perturbations_per_eval, BATCHED_METHODS),
+    }
+    for option, (value, methods) in used.items():
+        if value is not None and args.method not in methods:
+            raise UsageError(
+                f"argument {option}: --method {args.method} does not use it (only "
+                f"{', '.join(methods)} do)"
+            )
+
+
+def _out_arg(text: str) -> Path:
+    """``explain --out``: a figure file (for one photo) or an output folder."""
+    path = Path(text)
+    return folder_arg(text) if path.is_dir() or not path.suffix else figure_arg(text)
+
+
+def _wrapped(text: str) -> str:
+    """A description as lines of the help's width (the formatter keeps line breaks)."""
+    import textwrap
+
+    return textwrap.fill(text, 80)
+
+
+def _method_list() -> str:
+    width = max(map(len, METHOD_HELP))
+    return "\n".join(f"  {name:<{width}}  {line}" for name, line in METHOD_HELP.items())
+
+
+def parser(full: bool = True) -> argparse.ArgumentParser:
+    """The ``gscorecam`` argument parser (``full=False``: ``evaluate`` without its options)."""
+    root = Parser(prog="gscorecam", description="What is CLIP looking at?")
+    sub = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_demo(sub)
+    _add_explain(sub)
+    if full:
+        from captum_gscorecam.evaluation.runner import add_evaluate_parser
+
+        add_evaluate_parser(sub)
+    else:
+        sub.add_parser("evaluate", help=EVALUATE_HELP, add_help=False)
     return root
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    d = sub.add_parser(
+        "demo",
+        help="offline demo on held-out shapes scenes",
+        description=_wrapped(
+            "Explain held-out scenes of a bundled shapes model with gScoreCAM, ScoreCAM and "
+            "LayerGradCam (and HilaCAM on the ViT); writes one figure and prints how often each "
+            "method's peak falls inside the prompted object."
+        ),
+    )
+    d.add_argument("--out", type=figure_arg, default=Path("demo.png"), help="figure file")
+    d.add_argument("--tower", choices=["rn", "vit"], default="rn", help="bundled model")
+    d.add_argument("--scenes", type=count_arg, default=3, help="held-out scenes")
+    d.add_argument("--objects", type=int, default=3, choices=range(1, 7), metavar="1..6")
+    d.add_argument("--seed", type=seed_arg, default=10_000_000, help="first held-out scene seed")
+    d.add_argument("--topk", type=topk_arg, default=None, help=_topk_help())
+    d.add_argument("--device", type=device_arg, default="auto", help=_DEVICE_HELP)
+    d.set_defaults(run=demo)
+
+
+_DEVICE_HELP = "auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps"
+
+
+def _topk_help() -> str:
+    return f"gScoreCAM's channels: a count (300) or a fraction (0.1) (default: {TOPK_DEFAULT_HELP})"
+
+
+def _add_explain(sub: argparse._SubParsersAction) -> None:
+    formats = ", ".join(f".{f}" for f in ("png", "jpg", "pdf", "svg"))
+    e = sub.add_parser(
+        "explain",
+        help="explain your photos against prompts",
+        description=_wrapped(
+            "Explain each photo against every prompt. Writes one figure per photo with a row "
+            "per prompt (the map over the full photo; the border the model's centre crop cuts "
+            "away is dimmed and hatched: it has no value), and a table of CLIP scores "
+            "(logit_scale * cos; a row per photo, a column per prompt), printed and written as "
+            "scores.csv and scores.md beside the figures."
+        ),
+        epilog=f"methods:\n{_method_list()}",
+    )
+    e.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders or globs")
+    e.add_argument(
+        "--prompt", type=prompt_arg, action="append", required=True, help="text; repeat for more"
+    )
+    e.add_argument(
+        "--template", type=template_arg, default="{}", help='wraps each prompt: "a photo of a {}"'
+    )
+    e.add_argument(
+        "--out",
+        type=_out_arg,
+        metavar="PATH",
+        default=Path("explained"),
+        help=f"output folder (figures <image stem>.png, scores), or for one photo a figure file "
+        f"({formats}, ...; scores beside it)",
+    )
+    e.add_argument(
+        "--save-maps",
+        type=folder_arg,
+        default=None,
+        metavar="DIR",
+        help="also write DIR/<image stem>.npy, float32 (prompts, height, width) at the photo's "
+        "resolution (NaN where the crop cut), and DIR/prompts.json",
+    )
+    e.add_argument(
+        "--no-crop",
+        action="store_true",
+        help="resize the whole photo to the model's square input (changes its aspect) instead "
+        "of centre-cropping it",
+    )
+    e.add_argument(
+        "--method",
+        choices=list(METHODS),
+        default="gscorecam",
+        metavar="METHOD",
+        help="the explainer, one of the methods below",
+    )
+    e.add_argument("--topk", type=topk_arg, default=None, help=_topk_help())
+    _add_model_options(e)
+    e.set_defaults(run=explain)
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    """Which model, where, and at which layer."""
+    p.add_argument(
+        "--model", default="shapes-rn", help="shapes-rn, shapes-vit, an open_clip name, hf:REPO"
+    )
+    p.add_argument(
+        "--pretrained",
+        default=None,
+        help="open_clip tag (openai) or checkpoint file (default: none; an open_clip name "
+        "alone has random weights)",
+    )
+    p.add_argument(
+        "--layer",
+        type=layer_arg,
+        default=None,
+        help="dotted module path, e.g. visual.layer3 (default: layer4 of a ResNet, the last "
+        "block of a ViT; for gradcam the block before on class-token ViTs)",
+    )
+    p.add_argument(
+        "--perturbations-per-eval",
+        type=perturbations_arg,
+        default=None,
+        metavar="N",
+        help="masked images per forward pass (default: the device's: 16 on CPU, 64 on GPU)",
+    )
+    p.add_argument("--device", type=device_arg, default="auto", help=_DEVICE_HELP)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; a usage error prints one line and returns 2."""
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser(full=argv[:1] == ["evaluate"]).parse_args(argv)
     try:
         args.run(args)
     except UsageError as error:

@@ -9,20 +9,9 @@ from torch import Tensor, nn
 from captum_gscorecam.attribution import GScoreCAM, ScoreCAM
 from captum_gscorecam.clip import CLIPSimilarity, default_layer, gradcam_layer, grid_tap
 from captum_gscorecam.hila import HilaCAM
+from captum_gscorecam.method_names import METHODS, PIXEL_METHODS
 
 __all__ = ["METHODS", "applicable_methods", "check_method", "explain_maps"]
-
-METHODS = {
-    "gscorecam": "gScoreCAM",
-    "scorecam": "ScoreCAM",
-    "gradcam": "LayerGradCam",
-    "hilacam": "HilaCAM",
-    "occlusion": "Occlusion",
-    "integrated_gradients": "IntegratedGradients",
-    "saliency": "Saliency",
-    "uniform": "Uniform",
-}
-PIXEL_METHODS = ("occlusion", "integrated_gradients", "saliency")
 
 # Occlusion's window is this fraction of the image side; it moves by half a window.
 OCCLUSION_WINDOW = 1 / 7
@@ -65,12 +54,16 @@ def explain_maps(
     method: str,
     topk: int | float,
     show_progress: bool = False,
+    layer: nn.Module | None = None,
+    perturbations_per_eval: int | None = None,
 ) -> Tensor:
     """Maps ``(N, T, h, w)`` of one method for T prompts per image (``text`` is ``(N, T, D)``).
 
     The CAMs give layer-resolution maps; Occlusion, IntegratedGradients and Saliency give
     pixel maps ``(N, T, H, W)``; ``uniform`` is the constant map ``1`` at image resolution,
-    a baseline that carries no information. ``topk`` matters to gScoreCAM only.
+    a baseline that carries no information. ``topk`` matters to gScoreCAM only. ``layer``
+    replaces the CAMs' layer; ``perturbations_per_eval`` (masked or occluded images per forward
+    pass; None: the default) matters to gScoreCAM, ScoreCAM and Occlusion.
 
     LayerGradCam is Captum's, through CLIPSimilarity, at ``gradcam_layer(model)`` (the block
     before the last on class-token-pooled ViTs, where the last block's map is zero).
@@ -79,23 +72,26 @@ def explain_maps(
     if method == "uniform":
         return images.new_ones(images.shape[0], text.shape[1], *images.shape[-2:])
     if method in PIXEL_METHODS:
-        return _pixel_maps(model, images, text, method, show_progress)
+        return _pixel_maps(model, images, text, method, show_progress, perturbations_per_eval)
     if method == "gradcam":
-        return _gradcam_maps(model, images, text)
-    layer = default_layer(model)
-    if method == "gscorecam":
-        return GScoreCAM(model, layer).attribute(
-            images, target=text, topk=topk, show_progress=show_progress
-        )
-    if method == "scorecam":
-        return ScoreCAM(model, layer).attribute(images, target=text, show_progress=show_progress)
-    return HilaCAM(model).attribute(images, target=text)
+        return _gradcam_maps(model, images, text, layer or gradcam_layer(model))
+    if method == "hilacam":
+        return HilaCAM(model).attribute(images, target=text)
+    cam = GScoreCAM if method == "gscorecam" else ScoreCAM
+    options = {"topk": topk} if method == "gscorecam" else {}
+    return cam(model, layer or default_layer(model)).attribute(
+        images,
+        target=text,
+        perturbations_per_eval=perturbations_per_eval,
+        show_progress=show_progress,
+        **options,
+    )
 
 
-def _gradcam_maps(model: nn.Module, images: Tensor, text: Tensor) -> Tensor:
-    """Captum's LayerGradCam at ``gradcam_layer(model)``, one prompt at a time."""
+def _gradcam_maps(model: nn.Module, images: Tensor, text: Tensor, layer: nn.Module) -> Tensor:
+    """Captum's LayerGradCam at ``layer``, one prompt at a time."""
     similarity = CLIPSimilarity(model)
-    with grid_tap(model, gradcam_layer(model)) as grid_layer:
+    with grid_tap(model, layer) as grid_layer:
         gradcam = LayerGradCam(similarity, grid_layer)
         maps = [
             gradcam.attribute(images, additional_forward_args=(text[:, t],), relu_attributions=True)
@@ -105,7 +101,12 @@ def _gradcam_maps(model: nn.Module, images: Tensor, text: Tensor) -> Tensor:
 
 
 def _pixel_maps(
-    model: nn.Module, images: Tensor, text: Tensor, method: str, show_progress: bool
+    model: nn.Module,
+    images: Tensor,
+    text: Tensor,
+    method: str,
+    show_progress: bool,
+    perturbations_per_eval: int | None = None,
 ) -> Tensor:
     """Captum's pixel attributions, one prompt at a time, reduced over colour channels.
 
@@ -115,14 +116,21 @@ def _pixel_maps(
     """
     similarity = CLIPSimilarity(model)
     maps = [
-        _pixel_attribution(similarity, images, text[:, t], method, show_progress)
+        _pixel_attribution(
+            similarity, images, text[:, t], method, show_progress, perturbations_per_eval
+        )
         for t in range(text.shape[1])
     ]
     return torch.stack([m.sum(dim=1) for m in maps], dim=1).detach()
 
 
 def _pixel_attribution(
-    similarity: CLIPSimilarity, images: Tensor, text: Tensor, method: str, show_progress: bool
+    similarity: CLIPSimilarity,
+    images: Tensor,
+    text: Tensor,
+    method: str,
+    show_progress: bool,
+    perturbations_per_eval: int | None = None,
 ) -> Tensor:
     """Attributions ``(N, 3, H, W)`` of ``logit_scale * cos(image, text)`` for one prompt."""
     if method == "occlusion":
@@ -138,7 +146,7 @@ def _pixel_attribution(
             sliding_window_shapes=window,
             strides=stride,
             additional_forward_args=(text,),
-            perturbations_per_eval=BATCH,
+            perturbations_per_eval=perturbations_per_eval or BATCH,
             show_progress=show_progress,
         )
     if method == "integrated_gradients":

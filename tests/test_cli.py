@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import transforms
 
+import captum_gscorecam.cli as cli
+import captum_gscorecam.usage as usage
 from captum_gscorecam.cli import main
 from captum_gscorecam.clip import encode_text, load_clip
+from captum_gscorecam.images import expand_images, read_image
 from captum_gscorecam.methods import explain_maps
 from captum_gscorecam.shapes import render_scene
 
 PNG_MAGIC = b"\x89PNG"
+HEAVY = ("torch", "open_clip", "transformers", "captum", "matplotlib", "timm")
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +30,25 @@ def scene_png(tmp_path_factory):
     path = tmp_path_factory.mktemp("img") / "scene.png"
     Image.fromarray(scene.image).save(path)
     return path, scene
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail the test if the command gets as far as loading a model."""
+
+    def load_model(*args: object) -> None:
+        pytest.fail(f"a model was loaded for a command that should have been refused: {args}")
+
+    monkeypatch.setattr(cli, "load_model", load_model)
+
+
+def one_line_error(capsys, command: str = "explain") -> str:
+    """The command's stderr, checked to be one line ``gscorecam <command>: error: ...``."""
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"gscorecam {command}: error: "), err
+    assert "Traceback" not in err
+    return err
 
 
 @pytest.mark.parametrize("tower", ["rn", "vit"])
@@ -35,17 +61,23 @@ def test_demo_writes_a_figure_and_a_table(tmp_path, capsys, tower):
     printed = capsys.readouterr().out
     for label in ("gScoreCAM", "ScoreCAM", "LayerGradCam", "peak inside the object"):
         assert label in printed
+    assert ("HilaCAM" in printed) == (tower == "vit")
+    assert f"wrote {out}" in printed
 
 
 @pytest.mark.parametrize("method", ["gscorecam", "scorecam", "gradcam"])
-def test_explain_an_image_file(tmp_path, scene_png, method):
+def test_explain_an_image_file(tmp_path, capsys, scene_png, method):
     path, scene = scene_png
     out = tmp_path / "out.png"
-    argv = ["explain", str(path), "--out", str(out), "--method", method, "--topk", "0.1"]
+    argv = ["explain", str(path), "--out", str(out), "--method", method]
     for caption in scene.captions:
         argv += ["--prompt", caption]
     assert main(argv) == 0
     assert out.read_bytes()[:4] == PNG_MAGIC
+    assert f"wrote {out}," in capsys.readouterr().out
+    scores = (tmp_path / "scores.csv").read_text().splitlines()
+    assert scores[0] == ",".join(["image", *scene.captions, "seconds"])
+    assert len(scores) == 2
 
 
 def test_explain_with_hilacam_on_the_vit(tmp_path, scene_png):
@@ -54,6 +86,65 @@ def test_explain_with_hilacam_on_the_vit(tmp_path, scene_png):
     argv = ["explain", str(path), "--model", "shapes-vit", "--method", "hilacam", "--out", str(out)]
     assert main([*argv, "--prompt", scene.captions[0]]) == 0
     assert out.read_bytes()[:4] == PNG_MAGIC
+
+
+def cropping(preprocess: transforms.Compose) -> transforms.Compose:
+    """The shapes preprocess with open_clip's geometry: shortest side to S, centre crop S x S."""
+    first, resize, *rest = preprocess.transforms
+    side = resize.size[0]
+    return transforms.Compose([first, transforms.Resize(side), transforms.CenterCrop(side), *rest])
+
+
+def test_explain_a_folder_puts_maps_on_the_full_photo(tmp_path, capsys, monkeypatch):
+    """A wide photo, centre-cropped by the model: the saved map has the photo's own size, NaN on
+    the cut sides, and peaks on the planted object (at its place in the photo, not the crop)."""
+    model, preprocess, tokenizer = load_clip("shapes-rn")
+    monkeypatch.setattr(cli, "load_model", lambda *a: (model, cropping(preprocess), tokenizer))
+    scene = render_scene(10_000_007, n_objects=1)  # 224 x 224, a red circle right of centre
+    pad = 112
+    wide = np.zeros((224, 224 + 2 * pad, 3), np.uint8)
+    wide[:, pad:-pad] = scene.image
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(wide).save(folder / "wide.png")
+    Image.fromarray(scene.image).save(folder / "square.jpg")
+    (folder / "notes.txt").write_text("not a photo")  # a folder contributes its photos only
+    maps_dir = tmp_path / "maps"
+    prompt = scene.captions[0]
+    argv = ["explain", str(folder), "--prompt", prompt, "--prompt", "a photo"]
+    argv += ["--out", str(tmp_path / "figures"), "--save-maps", str(maps_dir)]
+    assert main(argv) == 0
+
+    assert json.loads((maps_dir / "prompts.json").read_text()) == [prompt, "a photo"]
+    maps = np.load(maps_dir / "wide.npy")
+    assert maps.dtype == np.float32
+    assert maps.shape == (2, 224, 224 + 2 * pad)
+    assert np.isnan(maps[:, :, :pad]).all()
+    assert np.isnan(maps[:, :, -pad:]).all()
+    assert np.isfinite(maps[:, :, pad:-pad]).all()
+    row, col = np.unravel_index(np.nanargmax(maps[0]), maps[0].shape)
+    assert scene.masks[0][row, col - pad]
+    assert np.load(maps_dir / "square.npy").shape == (2, 224, 224)
+    for name in ("wide.png", "square.png"):
+        assert (tmp_path / "figures" / name).read_bytes()[:4] == PNG_MAGIC
+    table = (tmp_path / "figures" / "scores.md").read_text()
+    assert table.startswith(f"| image | {prompt} | a photo | seconds |")
+    assert table.count(str(folder)) == 2
+    printed = capsys.readouterr().out
+    assert "image(s) x 2 prompt(s) in" in printed
+    assert str(tmp_path / "figures" / "scores.csv") in printed
+
+
+def test_no_crop_squashes_instead(tmp_path, monkeypatch):
+    model, preprocess, tokenizer = load_clip("shapes-rn")
+    monkeypatch.setattr(cli, "load_model", lambda *a: (model, cropping(preprocess), tokenizer))
+    Image.fromarray(np.full((64, 128, 3), 200, np.uint8)).save(tmp_path / "wide.png")
+    argv = ["explain", str(tmp_path / "wide.png"), "--prompt", "a red circle", "--no-crop"]
+    argv += ["--out", str(tmp_path / "out.png"), "--save-maps", str(tmp_path / "maps")]
+    assert main(argv) == 0
+    maps = np.load(tmp_path / "maps" / "wide.npy")
+    assert maps.shape == (1, 64, 128)
+    assert np.isfinite(maps).all()
 
 
 def test_gradcam_on_vit_uses_the_block_before_the_last():
@@ -66,29 +157,228 @@ def test_gradcam_on_vit_uses_the_block_before_the_last():
     assert maps.sum() > 0  # the last block alone would give all zeros
 
 
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["explain", "missing.png", "--prompt", "a red circle"], "image: no such file"),
-        (["explain", "{png}"], "prompt: give at least one --prompt"),
-        (["explain", "{txt}", "--prompt", "a red circle"], "image: not an image file"),
-        (["explain", "{png}", "--prompt", "x", "--model", "NoSuchNet"], "model: unknown model"),
-        (["explain", "{png}", "--prompt", "x", "--method", "hilacam"], "method: hilacam cannot"),
-        (
-            ["explain", "{png}", "--prompt", "x", "--pretrained", "missing.pt", "--model", "RN50"],
-            "pretrained:",
-        ),
-    ],
-)
-def test_user_errors_print_one_line(tmp_path, capsys, scene_png, argv, message):
+def test_explain_maps_takes_a_layer_and_a_batch_size():
+    model, preprocess, tokenizer = load_clip("shapes-rn")
+    images = preprocess(render_scene(10_000_002, n_objects=1).image)[None]
+    text = encode_text(model, tokenizer, ["a red circle"])[None]
+    at_layer3 = explain_maps(model, images, text, "gscorecam", 0.1, layer=model.visual.layer3)
+    assert at_layer3.shape[-2:] == (14, 14)  # layer3 of a 224 px ResNet tower, not layer4's 7
+    chunked = explain_maps(model, images, text, "scorecam", None, perturbations_per_eval=7)
+    whole = explain_maps(model, images, text, "scorecam", None, perturbations_per_eval=256)
+    torch.testing.assert_close(chunked, whole, rtol=1e-4, atol=1e-6)
+
+
+# Refused at parse time or just after, before a model loads: (argv, the option, text in the line).
+BAD = [
+    (["--topk", "0"], "--topk", "got 0"),
+    (["--topk", "-3"], "--topk", "got -3"),
+    (["--topk", "1.5"], "--topk", "got 1.5"),
+    (["--topk", "nan"], "--topk", "got nan"),
+    (["--topk", "inf"], "--topk", "got inf"),
+    (["--topk", "many"], "--topk", "got 'many'"),
+    (["--perturbations-per-eval", "0"], "--perturbations-per-eval", "got 0"),
+    (["--perturbations-per-eval", "2.5"], "--perturbations-per-eval", "got 2.5"),
+    (["--out", "{tmp}/missing/out.png"], "--out", "does not exist"),
+    (["--out", "{tmp}/out.xyz"], "--out", "cannot save a figure as .xyz"),
+    (["--out", "{txt}"], "--out", "cannot save a figure as .txt"),
+    (["--out", "{tmp}/figures.v2"], "--out", "cannot save a figure as .v2"),
+    (["--save-maps", "{txt}"], "--save-maps", "is a file"),
+    (["--save-maps", "{tmp}/missing/maps"], "--save-maps", "does not exist"),
+    (["--device", "gpu"], "--device", "got 'gpu'"),
+    (["--layer", "visual..layer3"], "--layer", "dotted module path"),
+    (["--template", "a photo of a"], "--template", "exactly one {}"),
+    (["--template", "{} and {}"], "--template", "exactly one {}"),
+    (["--template", "a {name}"], "--template", "exactly one {}"),
+    (["--prompt", "  "], "--prompt", "expected some text"),
+    (["--method", "gradcm"], "--method", "invalid choice"),
+    (["--method", "scorecam", "--topk", "10"], "--topk", "only gscorecam"),
+    (["--method", "hilacam", "--layer", "visual.layer3"], "--layer", "does not use it"),
+    (["--method", "saliency", "--perturbations-per-eval", "8"], "--perturbations-per-eval", ""),
+    (["--pretrained", "openai"], "--pretrained", "shapes-rn brings its own weights"),
+    (["--model", "RN50", "--pretrained", "{tmp}/missing.pt"], "--pretrained", "no such"),
+    (["--model", "RN50", "--pretrained", "nosuchtag"], "--pretrained", "its tags: openai"),
+    (["--model", "RN5O"], "--model", "unknown model 'RN5O'"),
+]
+
+
+@pytest.mark.parametrize(("extra", "option", "text"), BAD)
+def test_bad_arguments_are_refused_before_a_model_loads(
+    tmp_path, capsys, no_model, scene_png, extra, option, text
+):
     txt = tmp_path / "notes.txt"
     txt.write_text("not an image")
-    argv = [a.format(png=scene_png[0], txt=txt) for a in argv]
+    extra = [a.replace("{tmp}", str(tmp_path)).replace("{txt}", str(txt)) for a in extra]
+    prompt = [] if "--prompt" in extra else ["--prompt", "a red circle"]
+    with pytest.raises(SystemExit) as exit_:  # argparse exits; our checks return 2
+        sys.exit(main(["explain", str(scene_png[0]), *prompt, *extra]))
+    assert exit_.value.code == 2
+    err = one_line_error(capsys)
+    assert option in err
+    assert text in err
+
+
+@pytest.mark.parametrize(
+    ("extra", "option", "text"),
+    [
+        (["--out", "{tmp}"], "--out", "is a folder"),
+        (["--out", "{tmp}/demo"], "--out", "a file without extension"),
+        (["--seed", "-1"], "--seed", "got '-1'"),
+        (["--scenes", "0"], "--scenes", "got '0'"),
+        (["--topk", "0.0"], "--topk", "got 0.0"),
+    ],
+)
+def test_demo_refuses_bad_arguments(tmp_path, capsys, no_model, extra, option, text):
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", *[a.format(tmp=tmp_path) for a in extra]])
+    assert exit_.value.code == 2
+    err = one_line_error(capsys, "demo")
+    assert option in err
+    assert text in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_a_gpu_is_named(capsys, no_model, scene_png):
+    assert main(["explain", str(scene_png[0]), "--prompt", "x", "--device", "cuda"]) == 2
+    assert "argument --device: cuda is not available" in one_line_error(capsys)
+
+
+def test_auto_device_is_cuda_when_there_is_one():
+    assert usage.resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.parametrize(
+    ("images", "text"),
+    [
+        (["{tmp}/missing.png"], "no such file or folder"),
+        (["{tmp}/*.jpg"], "no photos match"),
+        (["{tmp}/empty"], "no photos in folder"),
+        (["{txt}"], "not an image file"),
+        (["{png}", "{tmp}/a/scene.png"], "share the name 'scene'"),
+    ],
+)
+def test_bad_images_are_refused_before_a_model_loads(
+    tmp_path, capsys, no_model, scene_png, images, text
+):
+    txt = tmp_path / "notes.txt"
+    txt.write_text("not an image")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "a" / "scene.png")
+    paths = [a.format(tmp=tmp_path, txt=txt, png=scene_png[0]) for a in images]
+    assert main(["explain", *paths, "--prompt", "a red circle"]) == 2
+    assert text in one_line_error(capsys)
+
+
+def test_one_figure_file_is_for_one_photo(tmp_path, capsys, no_model, scene_png):
+    Image.new("RGB", (8, 8)).save(tmp_path / "other.png")
+    argv = ["explain", str(scene_png[0]), str(tmp_path / "other.png"), "--prompt", "x"]
+    assert main([*argv, "--out", str(tmp_path / "out.png")]) == 2
+    assert "argument --out" in one_line_error(capsys)
+
+
+def test_a_decompression_bomb_is_refused(tmp_path, capsys, no_model, monkeypatch):
+    Image.new("RGB", (40, 40)).save(tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 1600 px: PIL warns (2x would raise)
+    assert main(["explain", str(tmp_path / "bomb.png"), "--prompt", "x"]) == 2
+    err = one_line_error(capsys)
+    assert "bomb.png" in err
+    assert "decompression bomb" in err
+
+
+def test_layer_unknown_on_the_model_lists_close_names(tmp_path, capsys, scene_png):
+    argv = ["explain", str(scene_png[0]), "--prompt", "x", "--layer", "visual.layr3"]
+    assert main([*argv, "--out", str(tmp_path)]) == 2
+    err = one_line_error(capsys)
+    assert "argument --layer" in err
+    assert "visual.layer3" in err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_a_checkpoint_that_does_not_fit_names_the_differences(tmp_path, capsys, monkeypatch):
+    rn = load_clip("shapes-rn")
+    state = rn[0].state_dict()
+    state["visual.conv1.weight"] = state["visual.conv1.weight"][:, :2]
+    del state["visual.bn1.weight"]
+    state["visual.extra.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "other.pt")
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    # RN50 stands in for an open_clip name with shapes-rn's architecture: no RN50 is built.
+    monkeypatch.setattr("captum_gscorecam.clip.load_clip", lambda *a: rn)
+    argv = ["explain", str(tmp_path / "x.png"), "--prompt", "x", "--model", "RN50"]
+    assert main([*argv, "--pretrained", str(tmp_path / "other.pt")]) == 2
+    err = " ".join(one_line_error(capsys).split())
+    assert f"argument --pretrained: {tmp_path / 'other.pt'} does not fit RN50: " in err
+    conv = tuple(state["visual.conv1.weight"].shape)
+    assert f"1 shape(s) differ (checkpoint vs model): visual.conv1.weight {conv} vs" in err
+    assert "1 key(s) missing from the checkpoint: visual.bn1.weight;" in err
+    assert "1 unexpected key(s): visual.extra.weight" in err
+
+
+def test_offline_fails_at_once_without_the_network(tmp_path, capsys, monkeypatch, scene_png):
+    """With the Hub unreachable, hub weights load from the (empty) cache only: one line."""
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on port 9
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("https_proxy", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "cache"))
+    import huggingface_hub.constants
+
+    offline_before = huggingface_hub.constants.HF_HUB_OFFLINE
+    assert not usage.hub_reachable()
+    argv = ["explain", str(scene_png[0]), "--prompt", "x", "--model", "hf:nobody/no-such-clip"]
     assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert message in err
-    assert "Traceback" not in err
-    assert err.strip().splitlines()[-1].startswith("gscorecam explain: error:")
+    err = one_line_error(capsys)
+    assert "argument --model" in err
+    assert "cannot be reached (offline)" in err
+    assert offline_before == huggingface_hub.constants.HF_HUB_OFFLINE  # restored after the load
+
+
+def test_sixteen_bit_grayscale_is_scaled_to_eight_bits(tmp_path):
+    ramp = np.linspace(0, 65535, 64 * 48).reshape(48, 64).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    photo = read_image(tmp_path / "deep.png")
+    assert photo.mode == "RGB"
+    assert photo.size == (64, 48)
+    pixels = np.asarray(photo).astype(int)
+    np.testing.assert_allclose(pixels[..., 0], ramp / 257, atol=0.51)
+    assert (pixels[..., 0] == pixels[..., 2]).all()
+    assert pixels.min() == 0
+    assert pixels.max() == 255
+
+
+def test_expand_images_keeps_order_and_drops_repeats(tmp_path):
+    for name in ("b.png", "a.jpg", "c.txt"):
+        Image.new("RGB", (4, 4)).save(tmp_path / name, format="PNG")
+    found = expand_images([str(tmp_path / "b.png"), str(tmp_path), str(tmp_path / "*.png")])
+    assert found == [tmp_path / "b.png", tmp_path / "a.jpg"]
+
+
+def test_help_shows_every_default_and_the_methods(capsys):
+    with pytest.raises(SystemExit):
+        main(["explain", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for words in ("(default: gscorecam)", "(default: auto)", "10% of the channels", "50%"):
+        assert words in text
+    for method in ("scorecam", "hilacam", "integrated_gradients", "uniform"):
+        assert f" {method} " in text
+
+
+def test_help_does_not_import_torch():
+    """``gscorecam --help`` and ``explain --help`` build their parsers without the heavy imports."""
+    code = (
+        "import sys\n"
+        "from captum_gscorecam.cli import main\n"
+        "for argv in (['--help'], ['explain', '--help'], ['demo', '--help']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        f"print('heavy:', [m for m in {HEAVY!r} if m in sys.modules])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "heavy: []"
+    assert "explain your photos" in done.stdout
 
 
 def test_module_entry_point():
@@ -100,6 +390,19 @@ def test_module_entry_point():
     )
     assert "demo" in done.stdout
     assert "explain" in done.stdout
+    assert "evaluate" in done.stdout
+
+
+def test_the_package_exports_lazily():
+    code = (
+        "import sys, captum_gscorecam as g\n"
+        "assert 'torch' not in sys.modules\n"
+        "assert callable(g.GScoreCAM) and callable(g.gradcam_layer)\n"
+        "assert set(g.__all__) <= set(dir(g))\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "True"
 
 
 def test_load_clip_shapes_is_eval_and_on_cpu():
