@@ -132,63 +132,82 @@ def _explain_photos(
     """The work of ``explain`` once everything is checked and the model is loaded."""
     import json
 
+    from tqdm import tqdm
+
+    from captum_gscorecam.clip import encode_text
+    from captum_gscorecam.visualization import no_crop
+
+    if args.no_crop:
+        preprocess = no_crop(preprocess)
+    text = encode_text(model, tokenizer, texts)[None]
+    if args.save_maps is not None:
+        args.save_maps.mkdir(exist_ok=True)
+        (args.save_maps / "prompts.json").write_text(json.dumps(args.prompt, indent=1) + "\n")
+    folder = figures[0].parent
+    folder.mkdir(exist_ok=True)
+    rows, start = [], time.perf_counter()
+    with tqdm(paths, desc="images", unit="image") as bar:  # closed (a newline) before an error
+        for path, figure in zip(bar, figures, strict=True):
+            began = time.perf_counter()
+            scores = _explain_photo(args, path, figure, text, model, preprocess, layer)
+            rows.append((str(path), scores, time.perf_counter() - began))
+    elapsed = time.perf_counter() - start
+    table = _score_table(rows, args.prompt)
+    (folder / "scores.md").write_text(table + "\n")
+    (folder / "scores.csv").write_text(_score_csv(rows, args.prompt))
+    print(f"CLIP scores (logit_scale * cos), {args.model}, {METHODS[args.method]}:")
+    print(table)
+    print(f"{len(paths)} image(s) x {len(texts)} prompt(s) in {elapsed:.1f} s")
+    named = figures[0] if len(figures) == 1 else f"{len(figures)} figures in {folder}"
+    print(f"wrote {named}, {folder / 'scores.csv'}, {folder / 'scores.md'}")
+    if args.save_maps is not None:
+        print(f"wrote {len(paths)} map(s) (T, H, W) and prompts.json to {args.save_maps}")
+
+
+def _explain_photo(
+    args: argparse.Namespace,
+    path: Path,
+    figure: Path,
+    text: Any,
+    model: Any,
+    preprocess: Any,
+    layer: Any,
+) -> list[float]:
+    """One photo: its maps placed on it, its figure, its ``.npy``; returns its CLIP scores."""
     import matplotlib
 
     matplotlib.use("Agg")
     import numpy as np
     import torch
-    from tqdm import tqdm
 
-    from captum_gscorecam.clip import CLIPSimilarity, encode_text
+    from captum_gscorecam.clip import CLIPSimilarity
     from captum_gscorecam.images import read_image
     from captum_gscorecam.methods import explain_maps
-    from captum_gscorecam.visualization import no_crop, to_photo
+    from captum_gscorecam.visualization import to_photo
 
-    if args.no_crop:
-        preprocess = no_crop(preprocess)
-    device = next(model.parameters()).device
-    text = encode_text(model, tokenizer, texts)[None]
-    similarity = CLIPSimilarity(model)
-    if args.save_maps is not None:
-        args.save_maps.mkdir(exist_ok=True)
-        (args.save_maps / "prompts.json").write_text(json.dumps(args.prompt, indent=1) + "\n")
-    figures[0].parent.mkdir(exist_ok=True)
-    rows, start = [], time.perf_counter()
-    for path, figure in zip(tqdm(paths, desc="images", unit="image"), figures, strict=True):
-        began = time.perf_counter()
+    try:
         photo = read_image(path)
-        images = preprocess(photo)[None].to(device)
-        maps = explain_maps(
-            model,
-            images,
-            text,
-            args.method,
-            args.topk,
-            show_progress=True,
-            layer=layer,
-            perturbations_per_eval=args.perturbations_per_eval,
-        )
-        photo_maps = np.asarray(to_photo(maps[0], photo.size, preprocess), dtype=np.float32)
-        with torch.no_grad():
-            scores = similarity(images, text)[0].tolist()
-        _photo_figure(photo, photo_maps, args.prompt, scores, METHODS[args.method]).savefig(
-            figure, dpi=100
-        )
-        if args.save_maps is not None:
-            np.save(args.save_maps / f"{path.stem}.npy", photo_maps)
-        rows.append((str(path), scores, time.perf_counter() - began))
-    elapsed = time.perf_counter() - start
-    table = _score_table(rows, args.prompt)
-    (figures[0].parent / "scores.md").write_text(table + "\n")
-    (figures[0].parent / "scores.csv").write_text(_score_csv(rows, args.prompt))
-    print(f"CLIP scores (logit_scale * cos), {args.model}, {METHODS[args.method]}:")
-    print(table)
-    print(f"{len(paths)} image(s) x {len(texts)} prompt(s) in {elapsed:.1f} s")
-    folder = figures[0].parent
-    named = figures[0] if len(figures) == 1 else f"{len(figures)} figures in {folder}"
-    print(f"wrote {named}, {folder / 'scores.csv'}, {folder / 'scores.md'}")
+    except ValueError as error:  # damaged past its header, which was checked up front
+        raise UsageError(str(error)) from None
+    images = preprocess(photo)[None].to(next(model.parameters()).device)
+    maps = explain_maps(
+        model,
+        images,
+        text,
+        args.method,
+        args.topk,
+        show_progress=True,
+        layer=layer,
+        perturbations_per_eval=args.perturbations_per_eval,
+    )
+    photo_maps = np.asarray(to_photo(maps[0], photo.size, preprocess), dtype=np.float32)
+    with torch.no_grad():
+        scores = CLIPSimilarity(model)(images, text)[0].tolist()
+    fig = _photo_figure(photo, photo_maps, args.prompt, scores, METHODS[args.method])
+    fig.savefig(figure, dpi=100)
     if args.save_maps is not None:
-        print(f"wrote {len(paths)} map(s) (T, H, W) and prompts.json to {args.save_maps}")
+        np.save(args.save_maps / f"{path.stem}.npy", photo_maps)
+    return scores
 
 
 def _photo_figure(
@@ -389,7 +408,7 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
-    """Which model, where, and at which layer."""
+    """The options of a command that loads a model: which, its weights, its layer, its device."""
     p.add_argument(
         "--model", default="shapes-rn", help="shapes-rn, shapes-vit, an open_clip name, hf:REPO"
     )

@@ -269,6 +269,16 @@ def test_bad_images_are_refused_before_a_model_loads(
     assert text in one_line_error(capsys)
 
 
+def test_a_photo_damaged_past_its_header_is_named(tmp_path, capsys, scene_png):
+    data = scene_png[0].read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    argv = ["explain", str(tmp_path / "cut.png"), "--prompt", "x", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    assert last.startswith("gscorecam explain: error: image: cannot read")
+    assert str(tmp_path / "cut.png") in last
+
+
 def test_one_figure_file_is_for_one_photo(tmp_path, capsys, no_model, scene_png):
     Image.new("RGB", (8, 8)).save(tmp_path / "other.png")
     argv = ["explain", str(scene_png[0]), str(tmp_path / "other.png"), "--prompt", "x"]
