@@ -15,8 +15,15 @@ from captum_gscorecam.checks import (
     check_tolerance,
     check_topk,
 )
-from captum_gscorecam.clip import CLIPSimilarity, CustomGrid, LayerGrid, TextScorer, is_clip_model
-from captum_gscorecam.engine import Scorer, default_chunk, restored, score_cam
+from captum_gscorecam.clip import (
+    CLIPSimilarity,
+    CustomGrid,
+    LayerGrid,
+    TextScorer,
+    image_input,
+    is_clip_model,
+)
+from captum_gscorecam.engine import Scorer, default_chunk, exclusive, restored, score_cam
 from captum_gscorecam.targets import TargetScorer
 
 __all__ = ["GScoreCAM", "ScoreCAM"]
@@ -66,8 +73,6 @@ class _MaskedLayerCAM(LayerAttribution):
         ):
             raise TypeError(f"autocast: expected None or a floating torch.dtype, got {autocast!r}")
         perturbations_per_eval = check_perturbations_per_eval(perturbations_per_eval)
-        if perturbations_per_eval is None:
-            perturbations_per_eval = default_chunk(images.device)
         relu_attributions = check_flag(relu_attributions, "relu_attributions")
         attribute_to_layer_input = check_flag(attribute_to_layer_input, "attribute_to_layer_input")
         show_progress = check_flag(show_progress, "show_progress")
@@ -76,7 +81,6 @@ class _MaskedLayerCAM(LayerAttribution):
                 "reshape_transform: expected None or a callable, "
                 f"got {type(reshape_transform).__name__}"
             )
-        scorer = make_scorer(self.forward_func, images, target, additional_forward_args)
         model = getattr(self.forward_func, "model", None)
         view = (
             CustomGrid(reshape_transform)
@@ -84,20 +88,24 @@ class _MaskedLayerCAM(LayerAttribution):
             else LayerGrid.for_model(model)
         )
         module = self.forward_func if isinstance(self.forward_func, nn.Module) else None
-        with restored(module):
-            return score_cam(
-                scorer,
-                self.layer,
-                images,
-                view,
-                topk=topk,
-                perturbations_per_eval=perturbations_per_eval,
-                relu=relu_attributions,
-                layer_input=attribute_to_layer_input,
-                progress=self.get_name() if show_progress else None,
-                autocast=autocast,
-                early_stop=early_stop,
-            )
+        with exclusive(model_of(self.forward_func)), torch.inference_mode(False):
+            x = model_images(self.forward_func, images)
+            scorer = make_scorer(self.forward_func, x, target, additional_forward_args)
+            with restored(module):
+                maps = score_cam(
+                    scorer,
+                    self.layer,
+                    x,
+                    view,
+                    topk=topk,
+                    perturbations_per_eval=perturbations_per_eval or default_chunk(x.device),
+                    relu=relu_attributions,
+                    layer_input=attribute_to_layer_input,
+                    progress=self.get_name() if show_progress else None,
+                    autocast=autocast,
+                    early_stop=early_stop,
+                )
+        return maps.to(images.device)
 
 
 class GScoreCAM(_MaskedLayerCAM, GradientAttribution):
@@ -158,7 +166,9 @@ class GScoreCAM(_MaskedLayerCAM, GradientAttribution):
         Args:
 
             inputs (Tensor): Images ``(N, 3, H, W)``, float, already preprocessed for the
-                        model (CLIP-normalised).
+                        model (CLIP-normalised, at the size its tower takes, see
+                        :func:`~captum_gscorecam.clip.image_input`). With a CLIP model they
+                        are converted to the model's dtype and device.
             target (Tensor, int, tuple, list, optional): With a CLIP model, a floating-point
                         tensor is a text embedding: ``(D,)`` for every image or ``(N, D)`` one
                         per image (output ``(N, 1, h, w)``), or ``(N, T, D)``, T prompts per
@@ -199,8 +209,8 @@ class GScoreCAM(_MaskedLayerCAM, GradientAttribution):
                         Default: None (exact: every kept channel is scored)
 
         Returns:
-            *Tensor* of **attributions** ``(N, T, h, w)`` on the inputs' device, at the
-            layer's resolution (T = 1 unless the target holds T prompts per image).
+            *Tensor* of **attributions** ``(N, T, h, w)``, float32, on the inputs' device, at
+            the layer's resolution (T = 1 unless the target holds T prompts per image).
 
         Examples::
 
@@ -277,28 +287,96 @@ class ScoreCAM(_MaskedLayerCAM, PerturbationAttribution):
         )
 
 
+def model_of(forward_func: Callable[..., Tensor]) -> nn.Module | None:
+    """The model an attribution call touches (hooks, modes), whose lock the call holds.
+
+    None for a plain callable, whose model cannot be seen.
+    """
+    if isinstance(forward_func, CLIPSimilarity):
+        return forward_func.model
+    if isinstance(forward_func, nn.Module):
+        return forward_func
+    owner = getattr(forward_func, "__self__", None)  # a bound method such as model.forward
+    return owner if isinstance(owner, nn.Module) else None
+
+
+def model_images(forward_func: Callable[..., Tensor], images: Tensor) -> Tensor:
+    """The images as ``forward_func`` takes them, usable by autograd.
+
+    For a CLIP model: checked against the tower's channels and size (see
+    :func:`~captum_gscorecam.clip.image_input`) and converted to its dtype and device. Images
+    made under ``torch.inference_mode`` are copied (autograd cannot record them).
+    """
+    if isinstance(forward_func, CLIPSimilarity):
+        spec = image_input(forward_func.model)
+        height, width = images.shape[2:]
+        if images.shape[1] != spec.channels:
+            raise ValueError(
+                f"inputs: the model takes {spec.channels}-channel images (N, {spec.channels}, "
+                f"H, W), got shape {tuple(images.shape)}"
+            )
+        if spec.size is not None and (height, width) != spec.size:
+            raise ValueError(
+                f"inputs: the model takes {spec.size[0]} x {spec.size[1]} images (its "
+                f"preprocess resizes to that), got {height} x {width}"
+            )
+        images = images.to(spec.device, spec.dtype)
+    return images.clone() if images.is_inference() else images
+
+
 def make_scorer(
     forward_func: Callable[..., Tensor],
     images: Tensor,
     target: object,
     additional_forward_args: Any,
 ) -> Scorer:
-    """The per-image scorer of a call: text embeddings with a CLIP model, else Captum's target."""
+    """The per-image scorer of a call: text embeddings with a CLIP model, else Captum's target.
+
+    With a :class:`CLIPSimilarity` the text embedding is the target, or (Captum's way) the one
+    additional forward argument, with ``target`` indexing its scores.
+    """
     n = images.shape[0]
-    if not (isinstance(target, Tensor) and target.is_floating_point()):
-        return TargetScorer(forward_func, target, additional_forward_args, n, images.device)
-    if not isinstance(forward_func, CLIPSimilarity):
-        raise TypeError(
-            "target: a floating-point target is a text embedding and needs a CLIP model "
-            "(or CLIPSimilarity) as forward_func; use integer targets for other models"
+    clip = isinstance(forward_func, CLIPSimilarity)
+    if isinstance(target, Tensor) and target.is_floating_point():
+        if not clip:
+            raise TypeError(
+                "target: a floating-point target is a text embedding and needs a CLIP model "
+                "(or CLIPSimilarity) as forward_func; use integer targets for other models"
+            )
+        if additional_forward_args is not None:
+            raise ValueError(
+                "additional_forward_args: must be None when target is a text embedding"
+            )
+        text = _text_per_image(target, n, "target").to(images.device)
+        return TextScorer(forward_func, text.clone() if text.is_inference() else text)
+    if clip and additional_forward_args is None:
+        raise ValueError(
+            "target: a CLIP model scores images against a text embedding; expected a float "
+            "tensor (D,), (N, D) or (N, T, D) such as encode_text(model, tokenizer, prompts), "
+            f"got {_described(target)} (for class indices, wrap the model and the class texts "
+            "in ZeroShotClassifier(model, text_emb))"
         )
-    if additional_forward_args is not None:
-        raise ValueError("additional_forward_args: must be None when target is a text embedding")
-    return TextScorer(forward_func, _text_per_image(target, n).to(images.device))
+    if clip:
+        args = additional_forward_args
+        args = args if isinstance(args, tuple) else (args,)
+        if len(args) != 1 or not (isinstance(args[0], Tensor) and args[0].is_floating_point()):
+            raise TypeError(
+                "additional_forward_args: CLIPSimilarity takes one additional argument, a "
+                "float text embedding (D,), (N, D) or (N, T, D), got "
+                f"{', '.join(_described(arg) for arg in args) or 'none'}"
+            )
+        _text_per_image(args[0], n, "additional_forward_args")
+    return TargetScorer(forward_func, target, additional_forward_args, n, images.device)
+
+
+def _described(value: object) -> str:
+    if isinstance(value, Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return repr(value) if isinstance(value, int | float | type(None)) else type(value).__name__
 
 
 def check_inputs(inputs: Tensor | tuple[Tensor]) -> Tensor:
-    """The image batch ``(N, 3, H, W)`` of Captum-style ``inputs``, validated."""
+    """The image batch ``(N, C, H, W)`` of Captum-style ``inputs``, validated."""
     if isinstance(inputs, tuple) and len(inputs) == 1:
         inputs = inputs[0]
     if not isinstance(inputs, Tensor) or inputs.dim() != 4 or not inputs.is_floating_point():
@@ -315,18 +393,27 @@ def check_inputs(inputs: Tensor | tuple[Tensor]) -> Tensor:
     return inputs
 
 
-def _text_per_image(text: Tensor, n: int) -> Tensor:
-    """A text-embedding target as ``(N, T, D)``."""
-    if text.dim() == 1:
-        return text.expand(n, 1, -1)
-    if text.dim() not in (2, 3):
+def _text_per_image(text: Tensor, n: int, name: str) -> Tensor:
+    """A text embedding (the argument ``name``) as ``(N, T, D)``, checked: finite, not zero."""
+    if text.dim() not in (1, 2, 3) or text.shape[-1] == 0:
         raise ValueError(
-            "target: expected a text embedding (D,), (N, D) or (N, T, D), "
+            f"{name}: expected a text embedding (D,), (N, D) or (N, T, D), "
             f"got shape {tuple(text.shape)}"
         )
-    if text.shape[0] != n:
+    if text.dim() > 1 and text.shape[0] != n:
         raise ValueError(
-            f"target: text embeddings for {text.shape[0]} images, but inputs hold {n} "
+            f"{name}: text embeddings for {text.shape[0]} images, but inputs hold {n} "
             "(use shape (D,) for one text for every image)"
         )
+    if text.dim() == 3 and text.shape[1] == 0:
+        raise ValueError(
+            f"{name}: expected at least one prompt per image, got shape {tuple(text.shape)}"
+        )
+    if not bool(text.isfinite().all()):
+        raise ValueError(f"{name}: the text embedding contains NaN or infinite values")
+    # F.normalize's eps: below it, the cosine is 0 for every image (a constant score)
+    if bool((text.norm(dim=-1) <= 1e-12).any()):
+        raise ValueError(f"{name}: a text embedding is all zeros (it matches no image)")
+    if text.dim() == 1:
+        return text.expand(n, 1, -1)
     return text.unsqueeze(1) if text.dim() == 2 else text

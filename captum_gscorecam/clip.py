@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "CLIPSimilarity",
+    "ImageInput",
     "LayerGrid",
     "default_layer",
     "encode_text",
@@ -25,6 +26,7 @@ __all__ = [
     "grid_tap",
     "hf_preprocess",
     "image_features",
+    "image_input",
     "is_clip_model",
     "load_clip",
     "token_blocks",
@@ -45,6 +47,59 @@ def image_features(model: nn.Module, images: Tensor) -> Tensor:
     if callable(encode):
         return encode(images)
     return _pooled(model.get_image_features(pixel_values=images), "image")
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """What a CLIP image tower takes: ``channels`` x ``size`` images (``size`` None when the
+    tower takes any size) of ``dtype`` on ``device``.
+    """
+
+    channels: int
+    size: tuple[int, int] | None
+    dtype: torch.dtype
+    device: torch.device
+
+
+def image_input(model: nn.Module) -> ImageInput:
+    """The images a CLIP model's tower takes (a :class:`CLIPSimilarity` is unwrapped).
+
+    open_clip ResNet and ViT towers need exactly ``visual.image_size`` (their positional
+    embeddings fix the grid); a timm ViT trunk needs its ``patch_embed.img_size`` unless built
+    with ``dynamic_img_size``, other timm trunks take any size; Hugging Face towers need
+    ``config.image_size``. The dtype and device are those of the tower's first parameter.
+    """
+    if isinstance(model, CLIPSimilarity):
+        model = model.model
+    visual = getattr(model, "visual", None)
+    vision_model = getattr(model, "vision_model", None)
+    tower = visual if isinstance(visual, nn.Module) else vision_model
+    if not isinstance(tower, nn.Module):
+        raise TypeError(
+            "model: expected a CLIP model with a `visual` tower (open_clip) or a `vision_model` "
+            f"(Hugging Face), got {type(model).__name__}"
+        )
+    first = next(tower.parameters(), None)
+    if first is None:
+        first = next(model.parameters())
+    channels, size = 3, None
+    config = getattr(vision_model, "config", None)
+    trunk = getattr(visual, "trunk", None)
+    if visual is not None and trunk is None:
+        channels = getattr(getattr(visual, "conv1", None), "in_channels", 3)
+        size = getattr(visual, "image_size", None)
+    elif _is_timm_vit(trunk) and not getattr(trunk, "dynamic_img_size", False):
+        channels = getattr(getattr(trunk.patch_embed, "proj", None), "in_channels", 3)
+        size = getattr(trunk.patch_embed, "img_size", None)
+    elif config is not None:
+        channels = getattr(config, "num_channels", 3)
+        size = getattr(config, "image_size", None)
+    return ImageInput(
+        channels=int(channels),
+        size=_pair(size) if size is not None else None,
+        dtype=first.dtype,
+        device=first.device,
+    )
 
 
 def _pooled(features: Any, tower: str) -> Tensor:

@@ -5,7 +5,8 @@ of the score ``s``:
 
 1. ``alpha_c = mean_{h,w} G_c``; ``S`` = the ``topk`` channels of largest alpha (all for ScoreCAM)
 2. ``M_c = minmax(upsample_bilinear(A_c, (H, W)))``, ``minmax(u) = (u - min) / (max - min + 1e-6)``
-3. ``s_c = s(x * M_c)`` (non-finite scores become 0)
+3. ``s_c = s(x * M_c)`` (non-finite scores become 0, as in the authors' code, with a warning;
+   a prompt whose masked scores are all non-finite is an error)
 4. ``w = softmax_{c in S}(s_c)``
 5. ``map = relu(sum_{c in S} w_c A_c)``
 
@@ -17,6 +18,9 @@ inputs' device, so extra memory grows with the chunk size, not with C or k.
 from __future__ import annotations
 
 import math
+import threading
+import warnings
+import weakref
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Protocol
@@ -26,7 +30,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-__all__ = ["GridView", "Scorer", "channel_masks", "default_chunk", "restored", "score_cam"]
+__all__ = [
+    "GridView",
+    "Scorer",
+    "channel_masks",
+    "default_chunk",
+    "exclusive",
+    "restored",
+    "score_cam",
+]
 
 MINMAX_EPS = 1e-6
 # Masked images per forward pass when the caller does not say: on CPU small batches stay in
@@ -62,6 +74,31 @@ class GridView(Protocol):
     def importance(self, grad: Tensor, n: int) -> Tensor:
         """Channel importance ``alpha`` ``(N, C)``."""
         ...
+
+
+_LOCKS: weakref.WeakKeyDictionary[object, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+# forward functions whose model cannot be seen (plain callables) share one lock
+_SHARED_LOCK = threading.RLock()
+
+
+@contextmanager
+def exclusive(model: object | None) -> Iterator[None]:
+    """Hold ``model``'s re-entrant lock: one attribution call per model at a time.
+
+    Hooks, train/eval modes and patched forwards are per model, so two threads explaining
+    with one model take turns; the lock is re-entrant (a call may make nested calls) and
+    weakly keyed (a model can still be freed). ``None`` shares a single lock.
+    """
+    if model is None:
+        lock = _SHARED_LOCK
+    else:
+        with _LOCKS_GUARD:
+            lock = _LOCKS.get(model)
+            if lock is None:
+                lock = _LOCKS[model] = threading.RLock()
+    with lock:
+        yield
 
 
 @contextmanager
@@ -120,20 +157,31 @@ def capture(
         raise ValueError(
             "layer: no activation was captured; the layer is not part of the model's forward pass"
         )
+    if not bool(scores.isfinite().all()):
+        raise ValueError("forward_func: the score of an unmasked input image is NaN or infinite")
     output = captured[0]
     activations = view.activations(output.detach(), n)
     n_prompts = scores.shape[1]
     if not with_gradient:
         return activations, None, n_prompts
-    grads = []
-    for t in range(n_prompts):
-        (grad,) = torch.autograd.grad(
-            scores[:, t].sum(), output, retain_graph=t + 1 < n_prompts, allow_unused=True
+    if not scores.requires_grad:
+        raise ValueError(
+            "forward_func: its scores carry no gradient (detached, or not computed from the "
+            "inputs by autograd); the channel ranking needs d score / d layer"
         )
-        if grad is None:
-            raise ValueError("layer: the score does not depend on this layer's output")
-        grads.append(view.importance(grad, n))
-    return activations, torch.stack(grads, dim=1), n_prompts
+    grads = []
+    with torch.enable_grad():
+        for t in range(n_prompts):
+            (grad,) = torch.autograd.grad(
+                scores[:, t].sum(), output, retain_graph=t + 1 < n_prompts, allow_unused=True
+            )
+            if grad is None:
+                raise ValueError("layer: the score does not depend on this layer's output")
+            grads.append(view.importance(grad, n))
+    importance = torch.stack(grads, dim=1)
+    if not bool(importance.isfinite().all()):
+        raise ValueError("forward_func: the gradient of the score at the layer is NaN or infinite")
+    return activations, importance, n_prompts
 
 
 def channel_masks(activations: Tensor, size: tuple[int, int]) -> Tensor:
@@ -158,8 +206,8 @@ def masked_scores(
     """Scores ``(N, C, T)`` of the masked inputs for (image, channel) ``pairs`` ``(P, 2)``.
 
     Unscored pairs stay 0 (or keep their value in ``out``, which is filled in place);
-    non-finite scores become 0. ``progress`` names a progress bar; ``autocast`` runs the
-    masked passes under ``torch.autocast`` with that dtype.
+    non-finite scores are kept (see :func:`_report_nonfinite`). ``progress`` names a progress
+    bar; ``autocast`` runs the masked passes under ``torch.autocast`` with that dtype.
     """
     n, c = activations.shape[:2]
     if out is None:
@@ -171,8 +219,7 @@ def masked_scores(
         with torch.inference_mode(), _autocast(inputs.device, autocast):
             masks = channel_masks(activations[image_index, channel], size)
             chunk_scores = scorer(inputs[image_index] * masks.to(inputs.dtype), image_index)
-            chunk_scores = torch.where(chunk_scores.isfinite(), chunk_scores, 0.0).float()
-        out[image_index, channel] = chunk_scores
+        out[image_index, channel] = chunk_scores.float()
     return out
 
 
@@ -220,11 +267,38 @@ def score_cam(
     scores = masked_scores(
         scorer, inputs, activations, pairs, n_prompts, perturbations_per_eval, progress, autocast
     )
+    _report_nonfinite(scores, selected)
     return _weighted_maps(scores, selected, activations, relu)
 
 
+def _report_nonfinite(scores: Tensor, selected: Tensor) -> None:
+    """Raise if every scored channel of a prompt has a NaN / infinite score ``(N, C, T)``; warn
+    once with their count if some have (they count as 0, as in the gScoreCAM authors' code).
+    """
+    bad = ~scores.isfinite() & selected.transpose(1, 2)
+    if not bool(bad.any()):
+        return
+    bad_per_prompt = bad.sum(dim=1)  # (N, T)
+    hopeless = (bad_per_prompt == selected.sum(dim=2)).nonzero()
+    if hopeless.shape[0] > 0:
+        image, prompt = hopeless[0].tolist()
+        raise ValueError(
+            f"forward_func: every masked score of image {image}, prompt {prompt} is NaN or "
+            "infinite; no channel weights can be computed"
+        )
+    warnings.warn(
+        f"{int(bad_per_prompt.sum())} of {int(selected.sum())} masked scores were NaN or "
+        "infinite; they count as 0, as in the gScoreCAM authors' code",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+
 def _weighted_maps(scores: Tensor, selected: Tensor, activations: Tensor, relu: bool) -> Tensor:
-    """``relu(sum_c softmax_{c in S}(s_c) A_c)`` per image and prompt, ``(N, T, h, w)``."""
+    """``relu(sum_c softmax_{c in S}(s_c) A_c)`` per image and prompt, ``(N, T, h, w)``;
+    non-finite scores count as 0.
+    """
+    scores = torch.where(scores.isfinite(), scores, 0.0)
     logits = scores.transpose(1, 2).masked_fill(~selected, float("-inf"))
     weights = logits.softmax(dim=2)
     maps = torch.einsum("ntc,nchw->nthw", weights, activations.float())
@@ -250,6 +324,7 @@ def _early_stopped(
     """
     n, n_prompts, _ = importance.shape
     scores = inputs.new_zeros((n, activations.shape[1], n_prompts), dtype=torch.float32)
+    scored_all = torch.zeros_like(selected)
     maps = []
     for i in tqdm(range(n), desc=progress, unit="image", disable=progress is None):
         # every prompt's top-k in its own gradient order, interleaved; repeats dropped
@@ -279,5 +354,7 @@ def _early_stopped(
                     break
             previous = current
         maps.append(current)
+        scored_all[i] = scored[0]
+    _report_nonfinite(scores, scored_all)
     maps = torch.cat(maps)
     return F.relu(maps) if relu else maps

@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from captum.attr import GradientAttribution
 from torch import Tensor, nn
 
-from captum_gscorecam.attribution import check_inputs, make_scorer
+from captum_gscorecam.attribution import check_inputs, make_scorer, model_images, model_of
 from captum_gscorecam.clip import CLIPSimilarity, LayerGrid, is_clip_model, token_blocks
-from captum_gscorecam.engine import restored
+from captum_gscorecam.engine import exclusive, restored
 
 __all__ = ["HilaCAM", "explicit_attention"]
 
@@ -108,7 +108,8 @@ class HilaCAM(GradientAttribution):
         r"""
         Args:
 
-            inputs (Tensor): Preprocessed images ``(N, 3, H, W)``.
+            inputs (Tensor): Preprocessed images ``(N, 3, H, W)`` at the tower's size; they
+                        are converted to the model's dtype and device.
             target (Tensor, int, tuple, list, optional): As in :meth:`GScoreCAM.attribute`:
                         a text embedding ``(D,)``, ``(N, D)`` or ``(N, T, D)``, or Captum's
                         index into the output of ``forward_func``.
@@ -121,7 +122,8 @@ class HilaCAM(GradientAttribution):
                         Default: 0 (all blocks, as the gScoreCAM paper compared)
 
         Returns:
-            *Tensor* of **attributions** ``(N, T, h, w)`` at the patch grid, non-negative.
+            *Tensor* of **attributions** ``(N, T, h, w)`` at the patch grid, non-negative,
+            float32, on the inputs' device.
         """
         images = check_inputs(inputs)
         depth = len(self.blocks)
@@ -132,27 +134,37 @@ class HilaCAM(GradientAttribution):
                 f"start_layer: expected a block index in [{-depth}, {depth - 1}], got {start_layer}"
             )
         used = self.blocks[start_layer % depth :]
-        scorer = make_scorer(self.forward_func, images, target, additional_forward_args)
         n = images.shape[0]
-        with restored(self.forward_func), explicit_attention(used) as maps:
-            x = images.detach().requires_grad_(True)
-            scores = scorer(x, torch.arange(n, device=images.device))
-        if len(maps) != len(used):
-            raise ValueError(
-                f"blocks: {len(maps)} of {len(used)} blocks ran in the forward pass; "
-                "they must belong to forward_func's image tower"
-            )
-        relevance = []
-        for t in range(scores.shape[1]):
-            grads = torch.autograd.grad(
-                scores[:, t].sum(), maps, retain_graph=t + 1 < scores.shape[1]
-            )
-            relevance.append(_class_relevance(maps, grads))
-        rows = torch.stack(relevance, dim=1).detach()  # (N, T, L)
+        with exclusive(model_of(self.forward_func)), torch.inference_mode(False):
+            x = model_images(self.forward_func, images)
+            scorer = make_scorer(self.forward_func, x, target, additional_forward_args)
+            with (
+                restored(self.forward_func),
+                explicit_attention(used) as maps,
+                torch.enable_grad(),
+            ):
+                scores = scorer(x.detach().requires_grad_(True), torch.arange(n, device=x.device))
+            if len(maps) != len(used):
+                raise ValueError(
+                    f"blocks: {len(maps)} of {len(used)} blocks ran in the forward pass; "
+                    "they must belong to forward_func's image tower"
+                )
+            if not bool(scores.isfinite().all()):
+                raise ValueError("forward_func: the score of an input image is NaN or infinite")
+            relevance = []
+            with torch.enable_grad():
+                for t in range(scores.shape[1]):
+                    grads = torch.autograd.grad(
+                        scores[:, t].sum(), maps, retain_graph=t + 1 < scores.shape[1]
+                    )
+                    relevance.append(_class_relevance(maps, grads))
+            rows = torch.stack(relevance, dim=1).detach().float()  # (N, T, L)
+        if not bool(rows.isfinite().all()):
+            raise ValueError("forward_func: the attention relevance is NaN or infinite")
         n_prompts = rows.shape[1]
         tokens = rows.reshape(n * n_prompts, -1, 1)
         grid = self.grid.activations(tokens, n * n_prompts)
-        return grid.reshape(n, n_prompts, *grid.shape[-2:])
+        return grid.reshape(n, n_prompts, *grid.shape[-2:]).to(images.device)
 
 
 def _class_relevance(maps: Sequence[Tensor], grads: Sequence[Tensor]) -> Tensor:

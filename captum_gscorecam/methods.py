@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from captum_gscorecam.attribution import GScoreCAM, ScoreCAM
 from captum_gscorecam.clip import CLIPSimilarity, default_layer, gradcam_layer, grid_tap
+from captum_gscorecam.engine import exclusive, restored
 from captum_gscorecam.hila import HilaCAM
 from captum_gscorecam.method_names import METHODS, PIXEL_METHODS
 
@@ -65,14 +66,17 @@ def explain_maps(
     replaces the CAMs' layer; ``perturbations_per_eval`` (masked or occluded images per forward
     pass; None: the default) matters to gScoreCAM, ScoreCAM and Occlusion.
 
-    LayerGradCam is Captum's, through CLIPSimilarity, at ``gradcam_layer(model)`` (the block
-    before the last on class-token-pooled ViTs, where the last block's map is zero).
+    Captum's methods run as ours do: one call per model at a time, in eval mode, the model's
+    modes restored afterwards. LayerGradCam is Captum's, through CLIPSimilarity, at
+    ``gradcam_layer(model)`` (the block before the last on class-token-pooled ViTs, where the
+    last block's map is zero).
     """
     check_method(model, method)
     if method == "uniform":
         return images.new_ones(images.shape[0], text.shape[1], *images.shape[-2:])
     if method in PIXEL_METHODS:
-        return _pixel_maps(model, images, text, method, show_progress, perturbations_per_eval)
+        with exclusive(model), restored(model):
+            return _pixel_maps(model, images, text, method, show_progress, perturbations_per_eval)
     if method == "gradcam":
         return _gradcam_maps(model, images, text, layer or gradcam_layer(model))
     if method == "hilacam":
@@ -91,7 +95,7 @@ def explain_maps(
 def _gradcam_maps(model: nn.Module, images: Tensor, text: Tensor, layer: nn.Module) -> Tensor:
     """Captum's LayerGradCam at ``layer``, one prompt at a time."""
     similarity = CLIPSimilarity(model)
-    with grid_tap(model, layer) as grid_layer:
+    with exclusive(model), restored(model), grid_tap(model, layer) as grid_layer:
         gradcam = LayerGradCam(similarity, grid_layer)
         maps = [
             gradcam.attribute(images, additional_forward_args=(text[:, t],), relu_attributions=True)

@@ -6,11 +6,12 @@ image it came from, and takes that image's target and additional arguments.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = ["TargetScorer", "target_index"]
 
@@ -81,7 +82,12 @@ class TargetScorer:
             additional_forward_args = ()
         elif not isinstance(additional_forward_args, tuple):
             additional_forward_args = (additional_forward_args,)
-        self.args = additional_forward_args
+        _check_arity(forward_func, len(additional_forward_args))
+        # tensors made under torch.inference_mode cannot be saved for the backward pass
+        self.args = tuple(
+            arg.clone() if isinstance(arg, Tensor) and arg.is_inference() else arg
+            for arg in additional_forward_args
+        )
         self.n = n
 
     def __call__(self, images: Tensor, image_index: Tensor) -> Tensor:
@@ -103,6 +109,8 @@ class TargetScorer:
                 "forward_func: expected a tensor of scores with one row per example "
                 f"({b}), got {shape}"
             )
+        if not output.is_floating_point():
+            raise TypeError(f"forward_func: expected floating-point scores, got {output.dtype}")
         rank = self.index.shape[1]
         if rank == 0:
             if output.numel() != b:
@@ -116,5 +124,29 @@ class TargetScorer:
                 f"target: indexes {rank} output dim(s), but forward_func returns shape "
                 f"{tuple(output.shape)}"
             )
-        rows = self.index[image_index]
+        rows = self.index[image_index].to(output.device)
+        sizes = torch.tensor(output.shape[1:], device=output.device)
+        outside = (rows >= sizes) | (rows < -sizes)
+        if bool(outside.any()):
+            row, dim = outside.nonzero()[0].tolist()
+            raise ValueError(
+                f"target: index {int(rows[row, dim])} is out of range for dim {dim + 1} of "
+                f"forward_func's output of shape {tuple(output.shape)}"
+            )
         return output[(torch.arange(b, device=output.device), *rows.unbind(1))]
+
+
+def _check_arity(forward_func: Callable[..., Tensor], n_args: int) -> None:
+    """Raise naming ``additional_forward_args`` if ``forward_func(inputs, *args)`` cannot bind."""
+    function = forward_func.forward if isinstance(forward_func, nn.Module) else forward_func
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):  # builtins and C extensions may have none
+        return
+    try:
+        signature.bind(None, *([None] * n_args))
+    except TypeError:
+        raise TypeError(
+            f"additional_forward_args: forward_func{signature} cannot take the inputs and "
+            f"{n_args} additional argument(s)"
+        ) from None
