@@ -310,7 +310,7 @@ def model_images(forward_func: Callable[..., Tensor], images: Tensor) -> Tensor:
     if isinstance(forward_func, CLIPSimilarity):
         spec = image_input(forward_func.model)
         height, width = images.shape[2:]
-        if images.shape[1] != spec.channels:
+        if spec.channels is not None and images.shape[1] != spec.channels:
             raise ValueError(
                 f"inputs: the model takes {spec.channels}-channel images (N, {spec.channels}, "
                 f"H, W), got shape {tuple(images.shape)}"
@@ -320,7 +320,7 @@ def model_images(forward_func: Callable[..., Tensor], images: Tensor) -> Tensor:
                 f"inputs: the model takes {spec.size[0]} x {spec.size[1]} images (its "
                 f"preprocess resizes to that), got {height} x {width}"
             )
-        images = images.to(spec.device, spec.dtype)
+        images = images.to(spec.device or images.device, spec.dtype or images.dtype)
     return images.clone() if images.is_inference() else images
 
 

@@ -51,14 +51,15 @@ def image_features(model: nn.Module, images: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class ImageInput:
-    """What a CLIP image tower takes: ``channels`` x ``size`` images (``size`` None when the
-    tower takes any size) of ``dtype`` on ``device``.
+    """What a CLIP image tower takes: ``channels`` x ``size`` images of ``dtype`` on ``device``.
+
+    A field is None where the model does not say (``size``: the tower takes any size).
     """
 
-    channels: int
+    channels: int | None
     size: tuple[int, int] | None
-    dtype: torch.dtype
-    device: torch.device
+    dtype: torch.dtype | None
+    device: torch.device | None
 
 
 def image_input(model: nn.Module) -> ImageInput:
@@ -68,37 +69,34 @@ def image_input(model: nn.Module) -> ImageInput:
     embeddings fix the grid); a timm ViT trunk needs its ``patch_embed.img_size`` unless built
     with ``dynamic_img_size``, other timm trunks take any size; Hugging Face towers need
     ``config.image_size``. The dtype and device are those of the tower's first parameter.
+    Other CLIP-like models (``encode_image`` and ``logit_scale`` only) leave what they cannot
+    say None.
     """
     if isinstance(model, CLIPSimilarity):
         model = model.model
     visual = getattr(model, "visual", None)
     vision_model = getattr(model, "vision_model", None)
-    tower = visual if isinstance(visual, nn.Module) else vision_model
-    if not isinstance(tower, nn.Module):
-        raise TypeError(
-            "model: expected a CLIP model with a `visual` tower (open_clip) or a `vision_model` "
-            f"(Hugging Face), got {type(model).__name__}"
-        )
-    first = next(tower.parameters(), None)
-    if first is None:
-        first = next(model.parameters())
-    channels, size = 3, None
+    tower = next((m for m in (visual, vision_model, model) if isinstance(m, nn.Module)), None)
+    first = next(tower.parameters(), None) if tower is not None else None
+    channels, size = None, None
     config = getattr(vision_model, "config", None)
     trunk = getattr(visual, "trunk", None)
-    if visual is not None and trunk is None:
+    if isinstance(visual, nn.Module) and trunk is None:
         channels = getattr(getattr(visual, "conv1", None), "in_channels", 3)
         size = getattr(visual, "image_size", None)
     elif _is_timm_vit(trunk) and not getattr(trunk, "dynamic_img_size", False):
         channels = getattr(getattr(trunk.patch_embed, "proj", None), "in_channels", 3)
         size = getattr(trunk.patch_embed, "img_size", None)
+    elif trunk is not None:
+        channels = 3
     elif config is not None:
         channels = getattr(config, "num_channels", 3)
         size = getattr(config, "image_size", None)
     return ImageInput(
-        channels=int(channels),
+        channels=int(channels) if channels is not None else None,
         size=_pair(size) if size is not None else None,
-        dtype=first.dtype,
-        device=first.device,
+        dtype=first.dtype if first is not None else None,
+        device=first.device if first is not None else None,
     )
 
 
