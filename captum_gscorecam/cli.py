@@ -338,7 +338,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--out", type=figure_arg, default=Path("demo.png"), help="figure file")
     d.add_argument("--tower", choices=["rn", "vit"], default="rn", help="bundled model")
     d.add_argument("--scenes", type=count_arg, default=3, help="held-out scenes")
-    d.add_argument("--objects", type=int, default=3, choices=range(1, 7), metavar="1..6")
+    d.add_argument(
+        "--objects", type=int, default=3, choices=range(1, 7), metavar="1..6", help="per scene"
+    )
     d.add_argument("--seed", type=seed_arg, default=10_000_000, help="first held-out scene seed")
     d.add_argument("--topk", type=topk_arg, default=None, help=_topk_help())
     d.add_argument("--device", type=device_arg, default="auto", help=_DEVICE_HELP)
@@ -393,7 +395,7 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
         "--no-crop",
         action="store_true",
         help="resize the whole photo to the model's square input (changes its aspect) instead "
-        "of centre-cropping it",
+        "of centre-cropping it (the shapes models always do)",
     )
     e.add_argument(
         "--method",
