@@ -287,8 +287,8 @@ def _check_method_options(args: argparse.Namespace) -> None:
     for option, (value, methods) in used.items():
         if value is not None and args.method not in methods:
             raise UsageError(
-                f"argument {option}: --method {args.method} does not use it (only "
-                f"{', '.join(methods)} do)"
+                f"argument {option}: --method {args.method} does not use it; it applies to "
+                f"{', '.join(methods)}"
             )
 
 

@@ -191,7 +191,7 @@ BAD = [
     (["--template", "a {name}"], "--template", "exactly one {}"),
     (["--prompt", "  "], "--prompt", "expected some text"),
     (["--method", "gradcm"], "--method", "invalid choice"),
-    (["--method", "scorecam", "--topk", "10"], "--topk", "only gscorecam"),
+    (["--method", "scorecam", "--topk", "10"], "--topk", "it applies to gscorecam"),
     (["--method", "hilacam", "--layer", "visual.layer3"], "--layer", "does not use it"),
     (["--method", "saliency", "--perturbations-per-eval", "8"], "--perturbations-per-eval", ""),
     (["--pretrained", "openai"], "--pretrained", "shapes-rn brings its own weights"),
