@@ -1,0 +1,53 @@
+"""One photo against T prompts: the maps placed on the photo, and CLIP's score for each prompt.
+
+``gscorecam explain`` and ``gscorecam app`` both call :func:`explain_photo`, so a map saved by one
+is the map the other shows.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from captum_gscorecam.clip import CLIPSimilarity
+from captum_gscorecam.methods import explain_maps
+from captum_gscorecam.visualization import to_photo
+
+__all__ = ["PhotoExplanation", "explain_photo"]
+
+
+class PhotoExplanation(NamedTuple):
+    """What :func:`explain_photo` returns."""
+
+    maps: np.ndarray
+    """float32 ``(T, height, width)`` on the photo; NaN where the preprocess cropped it away."""
+    scores: np.ndarray
+    """float32 ``(T,)``: ``logit_scale * cos(image, prompt)`` of the whole preprocessed photo."""
+
+
+def explain_photo(
+    model: nn.Module,
+    preprocess: Any,
+    photo: Image.Image,
+    text: Tensor,
+    method: str,
+    topk: int | float | None = None,
+    show_progress: bool = False,
+) -> PhotoExplanation:
+    """Explain ``photo`` against each of the prompts ``text`` ``(T, D)`` with ``method``.
+
+    The photo goes through ``preprocess`` (a torchvision ``Compose``, as ``load_clip`` returns)
+    onto the model's device; ``methods.explain_maps`` makes the maps, ``visualization.to_photo``
+    places them on the photo.
+    """
+    device = next(model.parameters()).device
+    images = preprocess(photo)[None].to(device)
+    prompts = text[None].to(device)
+    maps = explain_maps(model, images, prompts, method, topk, show_progress=show_progress)
+    with torch.no_grad():
+        scores = CLIPSimilarity(model)(images, prompts)[0]
+    return PhotoExplanation(to_photo(maps[0], photo.size, preprocess), scores.float().cpu().numpy())
