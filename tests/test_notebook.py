@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -25,14 +24,11 @@ def test_the_tour_runs_offline_and_draws_its_figures(monkeypatch):
     # the kernel imports this checkout's package, whatever else is installed
     monkeypatch.setenv("PYTHONPATH", str(TOUR.parents[1]), prepend=os.pathsep)
     notebook = nbformat.read(TOUR, as_version=4)
-    start = time.perf_counter()
     nbclient.NotebookClient(
         notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": TOUR.parent}}
     ).execute()
-    seconds = time.perf_counter() - start
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
     errors = [o for cell in code for o in cell.outputs if o.output_type == "error"]
     figures = [o for cell in code for o in cell.outputs if "image/png" in o.get("data", {})]
     assert not errors
     assert len(figures) >= 5  # scene, one map, four methods, four prompts, k trade-off
-    assert seconds < 120, f"the tour took {seconds:.0f} s; keep it under 2 minutes"
