@@ -37,17 +37,29 @@ def explain_photo(
     method: str,
     topk: int | float | None = None,
     show_progress: bool = False,
+    layer: nn.Module | None = None,
+    perturbations_per_eval: int | None = None,
 ) -> PhotoExplanation:
     """Explain ``photo`` against each of the prompts ``text`` ``(T, D)`` with ``method``.
 
     The photo goes through ``preprocess`` (a torchvision ``Compose``, as ``load_clip`` returns)
-    onto the model's device; ``methods.explain_maps`` makes the maps, ``visualization.to_photo``
-    places them on the photo.
+    onto the model's device; ``methods.explain_maps`` makes the maps (``topk``, ``layer`` and
+    ``perturbations_per_eval`` mean what they mean there), ``visualization.to_photo`` places
+    them on the photo.
     """
     device = next(model.parameters()).device
     images = preprocess(photo)[None].to(device)
     prompts = text[None].to(device)
-    maps = explain_maps(model, images, prompts, method, topk, show_progress=show_progress)
+    maps = explain_maps(
+        model,
+        images,
+        prompts,
+        method,
+        topk,
+        show_progress=show_progress,
+        layer=layer,
+        perturbations_per_eval=perturbations_per_eval,
+    )
     with torch.no_grad():
         scores = CLIPSimilarity(model)(images, prompts)[0]
     return PhotoExplanation(to_photo(maps[0], photo.size, preprocess), scores.float().cpu().numpy())

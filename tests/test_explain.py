@@ -48,3 +48,19 @@ def test_maps_on_the_photo_and_scores_of_the_preprocessed_photo(rn, method):
         scores = CLIPSimilarity(rn)(images, text[None])[0].numpy()
     assert result.scores.dtype == np.float32
     np.testing.assert_allclose(result.scores, scores, rtol=1e-5)
+
+
+def test_layer_and_chunks_reach_the_method(rn):
+    photo = Image.fromarray(np.random.default_rng(4).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    preprocess = _open_clip_preprocess(64)
+    text = texts(1, 2)[0]
+    layer3 = explain_photo(rn, preprocess, photo, text, "scorecam", layer=rn.visual.layer3)
+    images = preprocess(photo)[None]
+    expected = explain_maps(rn, images, text[None], "scorecam", None, layer=rn.visual.layer3)
+    np.testing.assert_allclose(
+        layer3.maps, to_photo(expected[0], photo.size, preprocess), rtol=1e-5
+    )
+    chunked = explain_photo(rn, preprocess, photo, text, "scorecam", perturbations_per_eval=3)
+    default = explain_photo(rn, preprocess, photo, text, "scorecam")
+    np.testing.assert_allclose(chunked.maps, default.maps, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(layer3.maps, default.maps)
