@@ -23,7 +23,14 @@ from captum_gscorecam.clip import (
     image_input,
     is_clip_model,
 )
-from captum_gscorecam.engine import Scorer, default_chunk, exclusive, restored, score_cam
+from captum_gscorecam.engine import (
+    ALL_CHANNELS,
+    Scorer,
+    default_chunk,
+    exclusive,
+    restored,
+    score_cam,
+)
 from captum_gscorecam.targets import TargetScorer
 
 __all__ = ["GScoreCAM", "ScoreCAM"]
@@ -58,7 +65,7 @@ class _MaskedLayerCAM(LayerAttribution):
         inputs: Tensor | tuple[Tensor],
         target: object,
         additional_forward_args: Any,
-        topk: int | float | None,
+        topk: int | float | str | None,
         perturbations_per_eval: int | None,
         relu_attributions: bool,
         attribute_to_layer_input: bool,
@@ -66,8 +73,10 @@ class _MaskedLayerCAM(LayerAttribution):
         show_progress: bool,
         autocast: torch.dtype | None,
         early_stop: float | None = None,
+        authors_code: bool = False,
     ) -> Tensor:
         images = check_inputs(inputs)
+        authors_code = check_flag(authors_code, "authors_code")
         if autocast is not None and not (
             isinstance(autocast, torch.dtype) and autocast.is_floating_point
         ):
@@ -104,6 +113,7 @@ class _MaskedLayerCAM(LayerAttribution):
                     progress=self.get_name() if show_progress else None,
                     autocast=autocast,
                     early_stop=early_stop,
+                    authors_code=authors_code,
                 )
         return maps.to(images.device)
 
@@ -115,7 +125,8 @@ class GScoreCAM(_MaskedLayerCAM, GradientAttribution):
     activations ``A`` and their gradient ``G``: ``alpha_c = mean_{h,w} G_c``; S = the ``topk``
     channels of largest alpha; ``M_c = minmax(upsample(A_c))``; ``w = softmax_{c in S} s(x * M_c)``;
     the map is ``relu(sum_{c in S} w_c A_c)`` at the layer's resolution. Upsample it with
-    ``LayerAttribution.interpolate``.
+    ``LayerAttribution.interpolate``, or place it on the original photo with
+    ``visualization.to_photo``.
 
     Chen et al., "gScoreCAM: What objects is CLIP looking at?", ACCV 2022.
     https://arxiv.org/abs/2210.02874
@@ -153,7 +164,7 @@ class GScoreCAM(_MaskedLayerCAM, GradientAttribution):
         inputs: Tensor | tuple[Tensor],
         target: object = None,
         additional_forward_args: Any = None,
-        topk: int | float = 300,
+        topk: int | float | None = None,
         perturbations_per_eval: int | None = None,
         relu_attributions: bool = True,
         attribute_to_layer_input: bool = False,
@@ -161,6 +172,7 @@ class GScoreCAM(_MaskedLayerCAM, GradientAttribution):
         show_progress: bool = False,
         autocast: torch.dtype | None = None,
         early_stop: float | None = None,
+        authors_code: bool = False,
     ) -> Tensor:
         r"""
         Args:
@@ -180,7 +192,11 @@ class GScoreCAM(_MaskedLayerCAM, GradientAttribution):
                         Default: None
             topk (int or float, optional): Channels kept by the gradient ranking: a count
                         (clipped to C) or a fraction of C in (0, 1], rounded up.
-                        Default: 300 (the paper's choice for RN50x16's 3072 channels)
+                        Default: None, ``checks.default_topk``: 10% of the channels of a
+                        convolutional layer (the paper's choice, 300 of RN50x16's 3,072),
+                        50% of a ViT token layer's, where the class token's gradient ranks
+                        channels barely better than chance and every added channel helps
+                        (``benchmarks/results/topk-vit.md``)
             perturbations_per_eval (int, optional): Masked images per forward pass. Memory
                         grows with it; results do not depend on it.
                         Default: None (16 on CPU, where small batches measured fastest,
@@ -207,6 +223,12 @@ class GScoreCAM(_MaskedLayerCAM, GradientAttribution):
                         than this relative L1 amount; the map uses the channels scored so
                         far. The README states the measured error and saving.
                         Default: None (exact: every kept channel is scored)
+            authors_code (bool, optional): Reproduce the authors' released code, for
+                        comparing with published numbers: masks upsampled with
+                        ``align_corners=True``, and the softmax taken over all C channels
+                        with score 0 for those outside the top k (which then enter the map
+                        with that weight). False follows the paper's formula above.
+                        Default: False
 
         Returns:
             *Tensor* of **attributions** ``(N, T, h, w)``, float32, on the inputs' device, at
@@ -232,6 +254,7 @@ class GScoreCAM(_MaskedLayerCAM, GradientAttribution):
             show_progress,
             autocast,
             early_stop,
+            authors_code,
         )
 
 
@@ -240,7 +263,9 @@ class ScoreCAM(_MaskedLayerCAM, PerturbationAttribution):
     input; the softmax of the masked scores weights the channels.
 
     ``map = relu(sum_c softmax_c(s(x * M_c)) A_c)``, with ``M_c = minmax(upsample(A_c))``.
-    Same arguments as :class:`GScoreCAM` without ``topk``; no backward pass is made.
+    Same arguments as :class:`GScoreCAM` without ``topk`` and ``early_stop``; no backward pass
+    is made. ``authors_code=True`` upsamples the masks with ``align_corners=True``, as
+    pytorch-grad-cam's ScoreCAM (which the gScoreCAM authors compared) does.
 
     Wang et al., "Score-CAM: Score-Weighted Visual Explanations for Convolutional Neural
     Networks", CVPR Workshops 2020. https://arxiv.org/abs/1910.01279
@@ -271,19 +296,21 @@ class ScoreCAM(_MaskedLayerCAM, PerturbationAttribution):
         reshape_transform: Callable[[Tensor], Tensor] | None = None,
         show_progress: bool = False,
         autocast: torch.dtype | None = None,
+        authors_code: bool = False,
     ) -> Tensor:
         """Maps ``(N, T, h, w)``; the arguments are those of :meth:`GScoreCAM.attribute`."""
         return self._attribute(
             inputs,
             target,
             additional_forward_args,
-            None,
+            ALL_CHANNELS,
             perturbations_per_eval,
             relu_attributions,
             attribute_to_layer_input,
             reshape_transform,
             show_progress,
             autocast,
+            authors_code=authors_code,
         )
 
 

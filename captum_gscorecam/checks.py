@@ -17,7 +17,16 @@ __all__ = [
     "check_perturbations_per_eval",
     "check_tolerance",
     "check_topk",
+    "default_topk",
 ]
+
+# gScoreCAM's default k, a share of the target layer's C channels (rounded up). Convolutional
+# layers: 10%, the paper's choice (300 of RN50x16's 3,072 channels). ViT token layers: 50%,
+# because there the class token's gradient ranks channels barely better than chance and every
+# added channel helps (benchmarks/results/topk-vit.md: pointing game 0.59 at 10%, 0.81 at 50%,
+# 0.85 for all channels, on the shapes ViT; topk-rn.md: the ResNet peaks at 10%).
+CONV_TOPK_SHARE = 0.1
+TOKEN_TOPK_SHARE = 0.5
 
 
 def _is_int(value: object) -> bool:
@@ -57,6 +66,18 @@ def check_topk(value: object, name: str = "topk") -> int | float | None:
     if value > 1.0 and value.is_integer():
         return int(value)
     raise ValueError(expected)
+
+
+def default_topk(n_channels: int, tokens: bool) -> int:
+    """The k of gScoreCAM when ``topk`` is None: ``ceil(share * C)``, at least 1 and at most C.
+
+    ``share`` is ``CONV_TOPK_SHARE`` (10%) for layers giving ``(N, C, h, w)`` feature maps and
+    ``TOKEN_TOPK_SHARE`` (50%) for ViT layers giving tokens (C = the token width), where
+    the gradient ranking is weak (measured in ``benchmarks/results/topk-vit.md``).
+    """
+    n_channels = check_int(n_channels, "n_channels", minimum=1)
+    share = TOKEN_TOPK_SHARE if tokens else CONV_TOPK_SHARE
+    return min(n_channels, max(1, math.ceil(share * n_channels)))
 
 
 def check_perturbations_per_eval(value: object, name: str = "perturbations_per_eval") -> int | None:

@@ -3,12 +3,17 @@
 Per image n and prompt t, with layer activations ``A`` ``(C, h, w)`` and the gradient ``G``
 of the score ``s``:
 
-1. ``alpha_c = mean_{h,w} G_c``; ``S`` = the ``topk`` channels of largest alpha (all for ScoreCAM)
+1. ``alpha_c = mean_{h,w} G_c``; ``S`` = the ``topk`` channels of largest alpha (all for ScoreCAM;
+   by default ``checks.default_topk``: 10% of a convolutional layer's channels, 50% of a ViT's)
 2. ``M_c = minmax(upsample_bilinear(A_c, (H, W)))``, ``minmax(u) = (u - min) / (max - min + 1e-6)``
 3. ``s_c = s(x * M_c)`` (non-finite scores become 0, as in the authors' code, with a warning;
    a prompt whose masked scores are all non-finite is an error)
 4. ``w = softmax_{c in S}(s_c)``
 5. ``map = relu(sum_{c in S} w_c A_c)``
+
+``authors_code=True`` reproduces the authors' released code instead of steps 2 and 4: masks
+upsampled with ``align_corners=True``, and ``w = softmax`` over all C channels with score 0 for
+the channels outside S (which then enter the sum with that weight).
 
 Each masked image is scored once against all T prompts of its image: the channels scored
 for image n are the union of its prompts' top-k sets. Masks are built chunk by chunk on the
@@ -23,14 +28,17 @@ import warnings
 import weakref
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Protocol
+from typing import Final, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from captum_gscorecam.checks import default_topk
+
 __all__ = [
+    "ALL_CHANNELS",
     "GridView",
     "Scorer",
     "channel_masks",
@@ -46,6 +54,8 @@ MINMAX_EPS = 1e-6
 # accelerators want large ones.
 CPU_CHUNK = 16
 ACCELERATOR_CHUNK = 64
+# score_cam's topk for ScoreCAM: every channel, no gradient pass
+ALL_CHANNELS: Final = "all"
 
 
 def default_chunk(device: torch.device) -> int:
@@ -124,11 +134,12 @@ def capture(
     *,
     with_gradient: bool,
     layer_input: bool,
-) -> tuple[Tensor, Tensor | None, int]:
+) -> tuple[Tensor, Tensor | None, int, bool]:
     """One forward (and backward) pass with a hook on ``layer``.
 
     Returns the activations ``(N, C, h, w)``, the channel importance ``(N, T, C)`` (None
-    without gradient, when the pass runs under ``no_grad``) and the number of prompts T.
+    without gradient, when the pass runs under ``no_grad``), the number of prompts T, and
+    whether the layer gave tokens ``(N, L, D)`` / ``(L, N, D)`` rather than feature maps.
     The hook lives only for this pass.
     """
     captured: list[Tensor] = []
@@ -162,8 +173,9 @@ def capture(
     output = captured[0]
     activations = view.activations(output.detach(), n)
     n_prompts = scores.shape[1]
+    tokens = output.dim() == 3
     if not with_gradient:
-        return activations, None, n_prompts
+        return activations, None, n_prompts, tokens
     if not scores.requires_grad:
         raise ValueError(
             "forward_func: its scores carry no gradient (detached, or not computed from the "
@@ -181,12 +193,16 @@ def capture(
     importance = torch.stack(grads, dim=1)
     if not bool(importance.isfinite().all()):
         raise ValueError("forward_func: the gradient of the score at the layer is NaN or infinite")
-    return activations, importance, n_prompts
+    return activations, importance, n_prompts, tokens
 
 
-def channel_masks(activations: Tensor, size: tuple[int, int]) -> Tensor:
+def channel_masks(
+    activations: Tensor, size: tuple[int, int], align_corners: bool = False
+) -> Tensor:
     """``minmax(upsample_bilinear(A_c, size))``: channel maps ``(B, h, w)`` -> ``(B, 1, H, W)``."""
-    up = F.interpolate(activations.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
+    up = F.interpolate(
+        activations.unsqueeze(1), size=size, mode="bilinear", align_corners=align_corners
+    )
     low = up.amin(dim=(2, 3), keepdim=True)
     high = up.amax(dim=(2, 3), keepdim=True)
     return (up - low) / (high - low + MINMAX_EPS)
@@ -202,12 +218,14 @@ def masked_scores(
     progress: str | None = None,
     autocast: torch.dtype | None = None,
     out: Tensor | None = None,
+    align_corners: bool = False,
 ) -> Tensor:
     """Scores ``(N, C, T)`` of the masked inputs for (image, channel) ``pairs`` ``(P, 2)``.
 
     Unscored pairs stay 0 (or keep their value in ``out``, which is filled in place);
     non-finite scores are kept (see :func:`_report_nonfinite`). ``progress`` names a progress
-    bar; ``autocast`` runs the masked passes under ``torch.autocast`` with that dtype.
+    bar; ``autocast`` runs the masked passes under ``torch.autocast`` with that dtype;
+    ``align_corners`` is the masks'.
     """
     n, c = activations.shape[:2]
     if out is None:
@@ -217,7 +235,7 @@ def masked_scores(
     for start in tqdm(starts, desc=progress, unit="batch", disable=progress is None):
         image_index, channel = pairs[start : start + chunk].unbind(1)
         with torch.inference_mode(), _autocast(inputs.device, autocast):
-            masks = channel_masks(activations[image_index, channel], size)
+            masks = channel_masks(activations[image_index, channel], size, align_corners)
             chunk_scores = scorer(inputs[image_index] * masks.to(inputs.dtype), image_index)
         out[image_index, channel] = chunk_scores.float()
     return out
@@ -235,40 +253,48 @@ def score_cam(
     inputs: Tensor,
     view: GridView,
     *,
-    topk: int | float | None,
+    topk: int | float | Literal["all"] | None,
     perturbations_per_eval: int,
     relu: bool,
     layer_input: bool,
     progress: str | None = None,
     autocast: torch.dtype | None = None,
     early_stop: float | None = None,
+    authors_code: bool = False,
 ) -> Tensor:
-    """Maps ``(N, T, h, w)``; ``topk=None`` scores every channel (ScoreCAM).
+    """Maps ``(N, T, h, w)``; ``topk=ALL_CHANNELS`` scores every channel (ScoreCAM).
 
-    ``topk`` is a channel count (clipped to C) or a fraction of C in (0, 1], rounded up.
-    ``early_stop`` (see :func:`_early_stopped`) is an opt-in approximation; None is exact.
+    ``topk`` is a channel count (clipped to C), a fraction of C in (0, 1], rounded up, or
+    None for ``default_topk`` of the layer. ``early_stop`` (see :func:`_early_stopped`) is an
+    opt-in approximation; None is exact. ``authors_code`` switches to the authors' code's
+    mask upsampling and softmax (module docstring).
     """
-    activations, importance, n_prompts = capture(
-        scorer, layer, inputs, view, with_gradient=topk is not None, layer_input=layer_input
+    every_channel = topk == ALL_CHANNELS
+    activations, importance, n_prompts, tokens = capture(
+        scorer, layer, inputs, view, with_gradient=not every_channel, layer_input=layer_input
     )
     n, c = activations.shape[:2]
     if importance is None:
         selected = torch.ones((n, n_prompts, c), dtype=torch.bool, device=inputs.device)
     else:
-        k = min(topk, c) if isinstance(topk, int) else math.ceil(topk * c)
+        if topk is None:
+            k = default_topk(c, tokens)
+        else:
+            k = min(topk, c) if isinstance(topk, int) else math.ceil(topk * c)
         top = importance.topk(k, dim=2).indices
         selected = torch.zeros_like(importance, dtype=torch.bool).scatter_(2, top, True)
     if early_stop is not None and importance is not None:
         return _early_stopped(
             scorer, inputs, activations, importance, selected, perturbations_per_eval,
-            relu, progress, autocast, early_stop,
+            relu, progress, autocast, early_stop, authors_code,
         )  # fmt: skip
     pairs = selected.any(dim=1).nonzero()
     scores = masked_scores(
-        scorer, inputs, activations, pairs, n_prompts, perturbations_per_eval, progress, autocast
-    )
+        scorer, inputs, activations, pairs, n_prompts, perturbations_per_eval, progress, autocast,
+        align_corners=authors_code,
+    )  # fmt: skip
     _report_nonfinite(scores, selected)
-    return _weighted_maps(scores, selected, activations, relu)
+    return _weighted_maps(scores, selected, activations, relu, authors_code)
 
 
 def _report_nonfinite(scores: Tensor, selected: Tensor) -> None:
@@ -294,12 +320,16 @@ def _report_nonfinite(scores: Tensor, selected: Tensor) -> None:
     )
 
 
-def _weighted_maps(scores: Tensor, selected: Tensor, activations: Tensor, relu: bool) -> Tensor:
+def _weighted_maps(
+    scores: Tensor, selected: Tensor, activations: Tensor, relu: bool, authors_code: bool = False
+) -> Tensor:
     """``relu(sum_c softmax_{c in S}(s_c) A_c)`` per image and prompt, ``(N, T, h, w)``;
-    non-finite scores count as 0.
+    non-finite scores count as 0. With ``authors_code`` the softmax runs over all C channels,
+    unselected ones scoring 0.
     """
     scores = torch.where(scores.isfinite(), scores, 0.0)
-    logits = scores.transpose(1, 2).masked_fill(~selected, float("-inf"))
+    unselected = 0.0 if authors_code else float("-inf")
+    logits = scores.transpose(1, 2).masked_fill(~selected, unselected)
     weights = logits.softmax(dim=2)
     maps = torch.einsum("ntc,nchw->nthw", weights, activations.float())
     return F.relu(maps) if relu else maps
@@ -316,6 +346,7 @@ def _early_stopped(
     progress: str | None,
     autocast: torch.dtype | None,
     tolerance: float,
+    authors_code: bool = False,
 ) -> Tensor:
     """GScoreCAM maps, scoring each image's channels in descending gradient order, ``chunk``
     at a time, and stopping once a chunk moves no prompt's map (before the ReLU) by more
@@ -342,11 +373,14 @@ def _early_stopped(
             batch = channels[start : start + chunk]
             pairs = torch.stack([torch.full_like(batch, i), batch], dim=1)
             masked_scores(
-                scorer, inputs, activations, pairs, n_prompts, chunk, None, autocast, scores
-            )
+                scorer, inputs, activations, pairs, n_prompts, chunk, None, autocast, scores,
+                align_corners=authors_code,
+            )  # fmt: skip
             scored[0, :, batch] = selected[i, :, batch]
             # convergence is judged before the ReLU, which can hide a change
-            current = _weighted_maps(scores[i : i + 1], scored, activations[i : i + 1], False)
+            current = _weighted_maps(
+                scores[i : i + 1], scored, activations[i : i + 1], False, authors_code
+            )
             if previous is not None:
                 change = (current - previous).abs().sum(dim=(2, 3))
                 size = current.abs().sum(dim=(2, 3))  # a map still all zero has not converged

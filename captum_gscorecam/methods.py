@@ -53,7 +53,7 @@ def explain_maps(
     images: Tensor,
     text: Tensor,
     method: str,
-    topk: int | float,
+    topk: int | float | None,
     show_progress: bool = False,
     layer: nn.Module | None = None,
     perturbations_per_eval: int | None = None,
@@ -62,9 +62,10 @@ def explain_maps(
 
     The CAMs give layer-resolution maps; Occlusion, IntegratedGradients and Saliency give
     pixel maps ``(N, T, H, W)``; ``uniform`` is the constant map ``1`` at image resolution,
-    a baseline that carries no information. ``topk`` matters to gScoreCAM only. ``layer``
-    replaces the CAMs' layer; ``perturbations_per_eval`` (masked or occluded images per forward
-    pass; None: the default) matters to gScoreCAM, ScoreCAM and Occlusion.
+    a baseline that carries no information. ``topk`` matters to gScoreCAM only (None: its
+    per-tower default, ``checks.default_topk``). ``layer`` replaces the CAMs' layer;
+    ``perturbations_per_eval`` (masked or occluded images per forward pass; None: the default)
+    matters to gScoreCAM, ScoreCAM and Occlusion.
 
     Captum's methods run as ours do: one call per model at a time, in eval mode, the model's
     modes restored afterwards. LayerGradCam is Captum's, through CLIPSimilarity, at

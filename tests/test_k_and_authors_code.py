@@ -1,0 +1,124 @@
+"""One default k (per tower), and the switch that reproduces the authors' released code."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import images_for, reference_gscorecam, texts
+from PIL import Image
+
+from captum_gscorecam import GScoreCAM, ScoreCAM, default_layer, encode_text
+from captum_gscorecam.checks import CONV_TOPK_SHARE, TOKEN_TOPK_SHARE, default_topk
+from captum_gscorecam.shapes import load_shapes_clip, render_scene
+
+
+def test_default_topk_rule():
+    assert (CONV_TOPK_SHARE, TOKEN_TOPK_SHARE) == (0.1, 0.5)
+    assert default_topk(3072, tokens=False) == 308  # the paper's 300 of RN50x16, rounded up
+    assert default_topk(256, tokens=False) == 26
+    assert default_topk(128, tokens=True) == 64
+    assert default_topk(5, tokens=False) == 1
+    assert default_topk(1, tokens=True) == 1
+    for c in range(2, 200):
+        assert 1 <= default_topk(c, tokens=False) < c or c <= 10
+        assert default_topk(c, tokens=True) == math.ceil(c / 2) < c
+    with pytest.raises(ValueError, match="n_channels"):
+        default_topk(0, tokens=False)
+
+
+@pytest.mark.parametrize(("tower", "channels", "tokens"), [("rn", 256, False), ("vit", 128, True)])
+def test_the_default_is_not_scorecam_on_the_bundled_models(tower, channels, tokens):
+    model, preprocess, tokenizer = load_shapes_clip(tower)
+    scene = render_scene(5, n_objects=3)
+    image = preprocess(Image.fromarray(scene.image))[None]
+    text = encode_text(model, tokenizer, [scene.captions[0]])[0]
+    layer = default_layer(model)
+    default = GScoreCAM(model, layer).attribute(image, target=text)
+    k = default_topk(channels, tokens)
+    assert k < channels
+    torch.testing.assert_close(
+        default, GScoreCAM(model, layer).attribute(image, target=text, topk=k)
+    )
+    everything = ScoreCAM(model, layer).attribute(image, target=text)
+    assert (default - everything).abs().max() > 1e-3 * everything.abs().max()
+
+
+def test_the_default_follows_the_layer_kind(rn, vit):
+    for model, tokens in ((rn, False), (vit, True)):
+        x, text = images_for(model, 1), texts(1, 1)[:, 0]
+        layer = default_layer(model)
+        c = 256 if model is rn else 32
+        default = GScoreCAM(model, layer).attribute(x, target=text)
+        explicit = GScoreCAM(model, layer).attribute(x, target=text, topk=default_topk(c, tokens))
+        torch.testing.assert_close(default, explicit)
+
+
+def authors_gscorecam(
+    model: torch.nn.Module, image: torch.Tensor, text: torch.Tensor, topk: int | None
+) -> torch.Tensor:
+    """The authors' code's two rules, transcribed one channel at a time: masks upsampled with
+    ``align_corners=True``; ``w = softmax`` over all C channels, 0 for channels not scored;
+    ``map = relu(sum over all C of w_c A_c)``. ResNet towers (``(N, C, h, w)`` layers) only.
+    """
+    layer = default_layer(model)
+
+    def score(x: torch.Tensor) -> float:
+        embedding = model.encode_image(x)[0]
+        return float(model.logit_scale.exp() * F.cosine_similarity(embedding, text, dim=0))
+
+    store = {}
+    handle = layer.register_forward_hook(lambda _m, _i, out: store.update(out=out))
+    try:
+        x = image[None].clone().requires_grad_(True)
+        s = model.logit_scale.exp() * F.cosine_similarity(model.encode_image(x)[0], text, dim=0)
+    finally:
+        handle.remove()
+    (grad,) = torch.autograd.grad(s, store["out"])
+    acts = store["out"][0].detach()
+    n_channels = acts.shape[0]
+    importance = [float(grad[0, c].mean()) for c in range(n_channels)]
+    ranked = sorted(range(n_channels), key=lambda c: -importance[c])
+    chosen = ranked if topk is None else ranked[:topk]
+    scores = [0.0] * n_channels
+    with torch.no_grad():
+        for c in chosen:
+            up = F.interpolate(
+                acts[c][None, None], size=image.shape[1:], mode="bilinear", align_corners=True
+            )
+            mask = (up - up.min()) / (up.max() - up.min() + 1e-6)
+            scores[c] = score(image[None] * mask)
+    top = max(scores)
+    exps = [math.exp(v - top) for v in scores]
+    weights = [e / sum(exps) for e in exps]
+    cam = sum(weights[c] * acts[c] for c in range(n_channels))
+    return F.relu(cam)
+
+
+def test_authors_code_matches_a_transcription_of_its_rules(rn):
+    x, text = images_for(rn, 2, seed=3), texts(2, 1, seed=4)[:, 0]
+    layer = default_layer(rn)
+    ours = GScoreCAM(rn, layer).attribute(x, target=text, topk=12, authors_code=True)
+    everything = ScoreCAM(rn, layer).attribute(x, target=text, authors_code=True)
+    for n in range(2):
+        expected = authors_gscorecam(rn, x[n], text[n], 12)
+        torch.testing.assert_close(ours[n, 0], expected, atol=1e-5, rtol=1e-4)
+        expected_all = authors_gscorecam(rn, x[n], text[n], None)
+        torch.testing.assert_close(everything[n, 0], expected_all, atol=1e-5, rtol=1e-4)
+
+
+def test_the_default_is_still_the_papers_formula(rn):
+    x, text = images_for(rn, 1, seed=5), texts(1, 1, seed=6)[:, 0]
+    cam = GScoreCAM(rn, default_layer(rn))
+    ours = cam.attribute(x, target=text, topk=12)
+    torch.testing.assert_close(ours[0, 0], reference_gscorecam(rn, x[0], text[0], 12))
+    authors = cam.attribute(x, target=text, topk=12, authors_code=True)
+    assert (ours - authors).abs().max() > 1e-3 * ours.abs().max()
+
+
+def test_authors_code_must_be_a_flag(rn):
+    x, text = images_for(rn, 1), texts(1, 1)[:, 0]
+    with pytest.raises(TypeError, match="authors_code"):
+        GScoreCAM(rn, default_layer(rn)).attribute(x, target=text, topk=2, authors_code="yes")
