@@ -14,15 +14,16 @@ from captum_gscorecam.checks import (
     check_perturbations_per_eval,
     check_tolerance,
     check_topk,
+    describe,
 )
 from captum_gscorecam.clip import (
     CLIPSimilarity,
     CustomGrid,
     LayerGrid,
     TextScorer,
-    image_input,
     is_clip_model,
 )
+from captum_gscorecam.clip import model_images as clip_model_images
 from captum_gscorecam.engine import (
     ALL_CHANNELS,
     Scorer,
@@ -128,6 +129,9 @@ class GScoreCAM(_MaskedLayerCAM, GradientAttribution):
     ``LayerAttribution.interpolate``, or place it on the original photo with
     ``visualization.to_photo``.
 
+    Calls on one model are serialised (a per-model lock), run in eval mode and leave the
+    model's modes as found; they work under ``torch.no_grad()`` and ``torch.inference_mode()``.
+
     Chen et al., "gScoreCAM: What objects is CLIP looking at?", ACCV 2022.
     https://arxiv.org/abs/2210.02874
     """
@@ -184,11 +188,14 @@ class GScoreCAM(_MaskedLayerCAM, GradientAttribution):
             target (Tensor, int, tuple, list, optional): With a CLIP model, a floating-point
                         tensor is a text embedding: ``(D,)`` for every image or ``(N, D)`` one
                         per image (output ``(N, 1, h, w)``), or ``(N, T, D)``, T prompts per
-                        image (output ``(N, T, h, w)``). Anything else has Captum's meaning:
-                        the index of the score returned by ``forward_func``.
+                        image (output ``(N, T, h, w)``); it must be finite and not zero.
+                        Anything else has Captum's meaning: the index of the score returned
+                        by ``forward_func`` (a CLIP model then needs the text embedding as
+                        ``additional_forward_args``).
                         Default: None
             additional_forward_args (Any, optional): Extra arguments of ``forward_func``
-                        after the inputs; tensors with N rows are split per example.
+                        after the inputs; tensors with N rows are split per example. For a
+                        :class:`CLIPSimilarity` (Captum's way): the text embedding.
                         Default: None
             topk (int or float, optional): Channels kept by the gradient ranking: a count
                         (clipped to C) or a fraction of C in (0, 1], rounded up.
@@ -330,24 +337,12 @@ def model_of(forward_func: Callable[..., Tensor]) -> nn.Module | None:
 def model_images(forward_func: Callable[..., Tensor], images: Tensor) -> Tensor:
     """The images as ``forward_func`` takes them, usable by autograd.
 
-    For a CLIP model: checked against the tower's channels and size (see
-    :func:`~captum_gscorecam.clip.image_input`) and converted to its dtype and device. Images
-    made under ``torch.inference_mode`` are copied (autograd cannot record them).
+    For a CLIP model: checked against the tower's channels and size and converted to its
+    dtype and device (:func:`~captum_gscorecam.clip.model_images`). Images made under
+    ``torch.inference_mode`` are copied (autograd cannot record them).
     """
     if isinstance(forward_func, CLIPSimilarity):
-        spec = image_input(forward_func.model)
-        height, width = images.shape[2:]
-        if spec.channels is not None and images.shape[1] != spec.channels:
-            raise ValueError(
-                f"inputs: the model takes {spec.channels}-channel images (N, {spec.channels}, "
-                f"H, W), got shape {tuple(images.shape)}"
-            )
-        if spec.size is not None and (height, width) != spec.size:
-            raise ValueError(
-                f"inputs: the model takes {spec.size[0]} x {spec.size[1]} images (its "
-                f"preprocess resizes to that), got {height} x {width}"
-            )
-        images = images.to(spec.device or images.device, spec.dtype or images.dtype)
+        images = clip_model_images(forward_func.model, images, "inputs")
     return images.clone() if images.is_inference() else images
 
 
@@ -380,7 +375,7 @@ def make_scorer(
         raise ValueError(
             "target: a CLIP model scores images against a text embedding; expected a float "
             "tensor (D,), (N, D) or (N, T, D) such as encode_text(model, tokenizer, prompts), "
-            f"got {_described(target)} (for class indices, wrap the model and the class texts "
+            f"got {describe(target)} (for class indices, wrap the model and the class texts "
             "in ZeroShotClassifier(model, text_emb))"
         )
     if clip:
@@ -390,16 +385,14 @@ def make_scorer(
             raise TypeError(
                 "additional_forward_args: CLIPSimilarity takes one additional argument, a "
                 "float text embedding (D,), (N, D) or (N, T, D), got "
-                f"{', '.join(_described(arg) for arg in args) or 'none'}"
+                f"{', '.join(describe(arg) for arg in args) or 'none'}"
             )
-        _text_per_image(args[0], n, "additional_forward_args")
+        text = _text_per_image(args[0], n, "additional_forward_args")
+        if target is None:  # Captum's way: the text embedding as the forward's argument
+            text = text.to(images.device)
+            text = text.clone() if text.is_inference() else text
+            return TextScorer(forward_func, text, "additional_forward_args")
     return TargetScorer(forward_func, target, additional_forward_args, n, images.device)
-
-
-def _described(value: object) -> str:
-    if isinstance(value, Tensor):
-        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
-    return repr(value) if isinstance(value, int | float | type(None)) else type(value).__name__
 
 
 def check_inputs(inputs: Tensor | tuple[Tensor]) -> Tensor:

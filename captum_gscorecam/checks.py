@@ -18,6 +18,7 @@ __all__ = [
     "check_tolerance",
     "check_topk",
     "default_topk",
+    "describe",
 ]
 
 # gScoreCAM's default k, a share of the target layer's C channels (rounded up). Convolutional
@@ -37,9 +38,18 @@ def _is_real(value: object) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool)
 
 
-def _shown(value: object) -> str:
-    """The value in a message: numbers as written, anything else by its type."""
-    return repr(value) if _is_real(value) or isinstance(value, str) else type(value).__name__
+def describe(value: object) -> str:
+    """A value as an error message shows it: ``None``, bools, numbers and short strings as
+    written, tensors and arrays by dtype and shape, anything else by its type.
+    """
+    if value is None or isinstance(value, bool) or _is_real(value):
+        return repr(value)
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 40 else f"a string of {len(value)} characters"
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    if shape is not None and dtype is not None:
+        return f"a {dtype} {type(value).__name__} of shape {tuple(shape)}"
+    return type(value).__name__
 
 
 def check_topk(value: object, name: str = "topk") -> int | float | None:
@@ -52,7 +62,7 @@ def check_topk(value: object, name: str = "topk") -> int | float | None:
         return None
     expected = (
         f"{name}: expected a channel count (an int >= 1) or a fraction of the channels "
-        f"in (0, 1], got {_shown(value)}"
+        f"in (0, 1], got {describe(value)}"
     )
     if _is_int(value):
         if value < 1:
@@ -94,7 +104,7 @@ def check_int(
     bound = "" if minimum is None else f" >= {minimum}"
     expected = f"{name}: expected {'None or ' if none_allowed else ''}an int{bound}"
     if not _is_int(value):
-        raise TypeError(f"{expected}, got {_shown(value)}")
+        raise TypeError(f"{expected}, got {describe(value)}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{expected}, got {value!r}")
     return int(value)
@@ -106,7 +116,7 @@ def check_tolerance(value: object, name: str, none_allowed: bool = False) -> flo
         return None
     expected = f"{name}: expected {'None or ' if none_allowed else ''}a finite number >= 0"
     if not _is_real(value):
-        raise TypeError(f"{expected}, got {_shown(value)}")
+        raise TypeError(f"{expected}, got {describe(value)}")
     value = float(value)
     if not (math.isfinite(value) and value >= 0):
         raise ValueError(f"{expected}, got {value!r}")
@@ -116,5 +126,5 @@ def check_tolerance(value: object, name: str, none_allowed: bool = False) -> flo
 def check_flag(value: object, name: str) -> bool:
     """A bool (``True`` / ``False``; not a truthy string or number)."""
     if not isinstance(value, bool):
-        raise TypeError(f"{name}: expected True or False, got {_shown(value)}")
+        raise TypeError(f"{name}: expected True or False, got {describe(value)}")
     return value

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from captum_gscorecam.checks import describe
+
 __all__ = [
     "CLIPSimilarity",
     "ImageInput",
@@ -29,6 +31,7 @@ __all__ = [
     "image_input",
     "is_clip_model",
     "load_clip",
+    "model_images",
     "token_blocks",
 ]
 
@@ -74,6 +77,10 @@ def image_input(model: nn.Module) -> ImageInput:
     """
     if isinstance(model, CLIPSimilarity):
         model = model.model
+    if not is_clip_model(model):
+        raise TypeError(
+            f"model: expected a CLIP model (open_clip or Hugging Face), got {type(model).__name__}"
+        )
     visual = getattr(model, "visual", None)
     vision_model = getattr(model, "vision_model", None)
     tower = next((m for m in (visual, vision_model, model) if isinstance(m, nn.Module)), None)
@@ -155,28 +162,66 @@ class CLIPSimilarity(nn.Module):
         return F.normalize(image_features(self.model, images).float(), dim=-1)
 
     def forward(self, images: Tensor, text_emb: Tensor) -> Tensor:
-        """``logit_scale * cos(encode_image(images), text_emb)``, ``(N,)`` or ``(N, T)``."""
-        return self.score_embeddings(self.embed_images(images), text_emb)
+        """``logit_scale * cos(encode_image(images), text_emb)``, ``(N,)`` or ``(N, T)``.
 
-    def score_embeddings(self, image_emb: Tensor, text_emb: Tensor) -> Tensor:
-        """``logit_scale * cos`` of normalised image embeddings ``(N, D)`` with text embeddings."""
+        ``images`` are checked against :func:`image_input` and converted to the model's
+        dtype and device.
+        """
+        return self.score_embeddings(self.embed_images(model_images(self.model, images)), text_emb)
+
+    def score_embeddings(
+        self, image_emb: Tensor, text_emb: Tensor, name: str = "text_emb"
+    ) -> Tensor:
+        """``logit_scale * cos`` of normalised image embeddings ``(N, D)`` with text embeddings
+        (the argument ``name`` in error messages).
+        """
         n, width = image_emb.shape
+        if not (isinstance(text_emb, Tensor) and text_emb.is_floating_point()):
+            raise TypeError(f"{name}: expected a float tensor, got {describe(text_emb)}")
+        if text_emb.dim() not in (1, 2, 3):
+            raise ValueError(
+                f"{name}: expected text embeddings (D,), (N, D) or (N, T, D), "
+                f"got shape {tuple(text_emb.shape)}"
+            )
         if text_emb.shape[-1] != width:
             raise ValueError(
-                f"target: text embedding width {text_emb.shape[-1]} does not match the "
+                f"{name}: text embedding width {text_emb.shape[-1]} does not match the "
                 f"image embedding width {width}"
             )
         if text_emb.dim() > 1 and text_emb.shape[0] != n:
             raise ValueError(
-                f"target: text embeddings for {text_emb.shape[0]} images, expected {n} "
+                f"{name}: text embeddings for {text_emb.shape[0]} images, expected {n} "
                 "(or one embedding of shape (D,) for all)"
             )
-        text = F.normalize(text_emb.to(image_emb.dtype), dim=-1)
+        text = F.normalize(text_emb.to(image_emb.device, image_emb.dtype), dim=-1)
         if text.dim() == 3:
             cos = torch.einsum("nd,ntd->nt", image_emb, text)
         else:
             cos = (image_emb * text).sum(-1)
         return self.logit_scale.to(cos.dtype) * cos
+
+
+def model_images(model: nn.Module, images: Tensor, name: str = "images") -> Tensor:
+    """``images`` checked against what the tower takes (:func:`image_input`; errors name the
+    argument ``name``) and converted to its dtype and device.
+    """
+    if not (isinstance(images, Tensor) and images.dim() == 4 and images.is_floating_point()):
+        raise ValueError(
+            f"{name}: expected a 4-D float tensor (N, 3, H, W), got {describe(images)}"
+        )
+    spec = image_input(model)
+    height, width = images.shape[2:]
+    if spec.channels is not None and images.shape[1] != spec.channels:
+        raise ValueError(
+            f"{name}: the model takes {spec.channels}-channel images (N, {spec.channels}, "
+            f"H, W), got shape {tuple(images.shape)}"
+        )
+    if spec.size is not None and (height, width) != spec.size:
+        raise ValueError(
+            f"{name}: the model takes {spec.size[0]} x {spec.size[1]} images (its "
+            f"preprocess resizes to that), got {height} x {width}"
+        )
+    return images.to(spec.device or images.device, spec.dtype or images.dtype)
 
 
 def encode_text(model: nn.Module, tokenizer: Callable[..., Any], prompts: Sequence[str]) -> Tensor:
@@ -187,14 +232,34 @@ def encode_text(model: nn.Module, tokenizer: Callable[..., Any], prompts: Sequen
     padding (to the maximum length for SigLIP, as it was trained) and truncation; the mapping
     it returns is passed to ``get_text_features``.
     """
+    if not is_clip_model(model):
+        raise TypeError(
+            f"model: expected a CLIP model (open_clip or Hugging Face), got {type(model).__name__}"
+        )
+    if not (callable(getattr(model, "encode_text", None)) or hasattr(model, "get_text_features")):
+        raise TypeError(f"model: {type(model).__name__} has no text tower to encode prompts with")
+    if not callable(tokenizer):
+        raise TypeError(f"tokenizer: expected a callable, got {type(tokenizer).__name__}")
     if isinstance(prompts, str):
         prompts = [prompts]
+    if not (isinstance(prompts, Sequence) and all(isinstance(p, str) for p in prompts)):
+        raise TypeError(
+            f"prompts: expected a string or a sequence of strings, got {describe(prompts)}"
+        )
     if len(prompts) == 0:
         raise ValueError("prompts: expected at least one prompt")
     device = next(model.parameters()).device
     with torch.no_grad():
         if callable(getattr(model, "encode_text", None)):
-            features = model.encode_text(tokenizer(list(prompts)).to(device))
+            tokens = tokenizer(list(prompts))
+            if not (
+                isinstance(tokens, Tensor) and tokens.dim() == 2 and not tokens.is_floating_point()
+            ):
+                raise TypeError(
+                    "tokenizer: expected the model's tokenizer, which returns token ids "
+                    f"(T, length), got {describe(tokens)}"
+                )
+            features = model.encode_text(tokens.to(device))
         else:
             features = _pooled(
                 model.get_text_features(**_hf_tokens(model, tokenizer, prompts)), "text"
@@ -469,15 +534,18 @@ class TextScorer:
     """Scores images against the text embeddings of the input image they belong to.
 
     ``text`` is ``(N, T, D)``; a masked image of input n gets ``(T,)`` scores, one per prompt,
-    from a single pass through the image tower.
+    from a single pass through the image tower. Errors about the text name ``name``. The
+    images are the caller's, already checked (:func:`model_images`).
     """
 
-    def __init__(self, similarity: CLIPSimilarity, text: Tensor) -> None:
+    def __init__(self, similarity: CLIPSimilarity, text: Tensor, name: str = "target") -> None:
         self.similarity = similarity
         self.text = text
+        self.name = name
 
     def __call__(self, images: Tensor, image_index: Tensor) -> Tensor:
-        return self.similarity(images, self.text[image_index])
+        image_emb = self.similarity.embed_images(images)
+        return self.similarity.score_embeddings(image_emb, self.text[image_index], self.name)
 
 
 def load_clip(

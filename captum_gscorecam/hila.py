@@ -25,6 +25,7 @@ from captum.attr import GradientAttribution
 from torch import Tensor, nn
 
 from captum_gscorecam.attribution import check_inputs, make_scorer, model_images, model_of
+from captum_gscorecam.checks import describe
 from captum_gscorecam.clip import CLIPSimilarity, LayerGrid, is_clip_model, token_blocks
 from captum_gscorecam.engine import exclusive, restored
 
@@ -73,7 +74,12 @@ class HilaCAM(GradientAttribution):
                     "forward_func: HilaCAM needs a ViT image tower; this model has no "
                     "transformer blocks (a ResNet or ConvNeXt tower?)"
                 )
-        blocks = list(blocks)
+        try:
+            blocks = list(blocks)
+        except TypeError:
+            raise TypeError(
+                f"blocks: expected a sequence of attention blocks, got {describe(blocks)}"
+            ) from None
         if not blocks:
             raise ValueError("blocks: expected at least one attention block")
         for i, block in enumerate(blocks):

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+import re
 import subprocess
 import sys
+from collections.abc import Callable
 
+import open_clip
 import pytest
+import torch
+from conftest import images_for, texts, tiny_vit
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
-from captum_gscorecam import checks
+from captum_gscorecam import (
+    CLIPSimilarity,
+    GScoreCAM,
+    HilaCAM,
+    ScoreCAM,
+    checks,
+    default_layer,
+    encode_text,
+)
 from captum_gscorecam.checks import (
     check_flag,
     check_int,
@@ -18,6 +33,7 @@ from captum_gscorecam.checks import (
     check_tolerance,
     check_topk,
 )
+from captum_gscorecam.clip import image_input
 
 CHECK_SETTINGS = settings(max_examples=200, deadline=None, derandomize=True)
 ANYTHING = st.one_of(
@@ -107,3 +123,159 @@ def test_counts_tolerances_and_flags(value):
     else:
         with pytest.raises(TypeError, match=r"^show_progress: expected True or False, got"):
             check_flag(value, "show_progress")
+
+
+# --- Every public argument of the explainers and the CLIP adapter -------------------------
+
+MODEL = tiny_vit(seed=3)
+LAYER = default_layer(MODEL)
+IMAGES = images_for(MODEL, 1, seed=3)
+TEXT = texts(1, 1, seed=4)[0, 0]
+TOKENIZER = open_clip.get_tokenizer("RN50", context_length=16)
+
+
+def tensor(shape: tuple[int, ...], dtype: torch.dtype, fill: str) -> torch.Tensor:
+    values = torch.randn(shape, generator=torch.Generator().manual_seed(len(shape)))
+    values = {"nan": values * float("nan"), "inf": values / 0, "zeros": values * 0}.get(
+        fill, values
+    )
+    return values.to(dtype)
+
+
+TENSORS = st.builds(
+    tensor,
+    st.lists(st.integers(0, 3), max_size=5).map(tuple),
+    st.sampled_from(
+        [torch.float32, torch.float64, torch.float16, torch.int64, torch.uint8, torch.bool]
+    ),
+    st.sampled_from(["randn", "zeros", "nan", "inf"]),
+)
+# values that are almost right for some argument of these calls
+NEAR_MISSES = st.sampled_from(
+    [
+        torch.randn(1, 3, 31, 32),
+        torch.randn(1, 3, 64, 64),
+        torch.randn(1, 1, 32, 32),
+        torch.randn(1, 4, 32, 32),
+        torch.randn(2, 3, 32, 32),
+        torch.randn(1, 3, 32, 32, dtype=torch.float64),
+        torch.full((1, 3, 32, 32), float("nan")),
+        torch.randn(2, 32),
+        torch.randn(1, 3, 32),
+        torch.randn(1, 0, 32),
+        torch.randn(16),
+        torch.zeros(32),
+        torch.full((32,), float("inf")),
+        torch.ones(32, dtype=torch.long),
+        torch.tensor([0]),
+        torch.tensor(5),
+        nn.Linear(3, 3),
+        nn.Identity(),
+        MODEL.transformer.resblocks[0],  # the text tower: not in the image pass
+        MODEL.visual,
+        [MODEL.visual.transformer.resblocks[0], nn.Linear(2, 2)],
+        torch.float16,
+        torch.bfloat16,
+        torch.int8,
+        torch.complex64,
+        lambda *_: "not a tensor",
+        lambda *_: torch.zeros(1),
+        lambda tokens: tokens.flatten(1),
+        object(),
+        {"a": 1},
+        ("a cat", 3),
+        ["a cat", "a dog"],
+        "",
+        b"bytes",
+        10**30,
+        -(10**30),
+    ]
+)
+BAD = st.one_of(ANYTHING, TENSORS, NEAR_MISSES)
+EXAMPLES = 20  # per argument; the README counts them
+
+# (label, the call, the valid arguments it starts from)
+EXPLAINERS = {
+    "GScoreCAM": (GScoreCAM, {"forward_func": MODEL, "layer": LAYER}, {"topk": 4}),
+    "ScoreCAM": (ScoreCAM, {"forward_func": MODEL, "layer": LAYER}, {}),
+    "HilaCAM": (HilaCAM, {"forward_func": MODEL}, {}),
+}
+FUNCTIONS = {
+    "CLIPSimilarity": (CLIPSimilarity, {"model": MODEL}),
+    "CLIPSimilarity.forward": (CLIPSimilarity(MODEL).forward, {"images": IMAGES, "text_emb": TEXT}),
+    "encode_text": (encode_text, {"model": MODEL, "tokenizer": TOKENIZER, "prompts": ["a cat"]}),
+    "default_layer": (default_layer, {"model": MODEL}),
+    "image_input": (image_input, {"model": MODEL}),
+}
+
+
+def arguments(function: object) -> list[str]:
+    return [name for name in inspect.signature(function).parameters if name != "self"]
+
+
+CASES = [
+    *(
+        (label, part, name)
+        for label, (cls, *_) in EXPLAINERS.items()
+        for part, method in (("__init__", cls.__init__), ("attribute", cls.attribute))
+        for name in arguments(method)
+    ),
+    *(
+        (label, "call", name)
+        for label, (function, _) in FUNCTIONS.items()
+        for name in arguments(function)
+    ),
+]
+
+
+def call_with(label: str, part: str, name: str, value: object) -> None:
+    if label in FUNCTIONS:
+        function, valid = FUNCTIONS[label]
+        function(**{**valid, name: value})
+        return
+    cls, init, attribute = EXPLAINERS[label]
+    init = {**init, name: value} if part == "__init__" else init
+    attribute = {"inputs": IMAGES, "target": TEXT, **attribute}
+    attribute = {**attribute, name: value} if part == "attribute" else attribute
+    cls(**init).attribute(**attribute)
+
+
+def state(model: nn.Module) -> tuple:
+    return (
+        [m.training for m in model.modules()],
+        [p.requires_grad for p in model.parameters()],
+        [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()],
+        ["forward" in m.__dict__ for m in model.modules()],
+    )
+
+
+def raised(function: Callable[[], None]) -> Exception | None:
+    try:
+        function()
+    except Exception as error:  # the property is about which types escape
+        return error
+    return None
+
+
+@pytest.mark.parametrize(("label", "part", "name"), CASES)
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=True)
+@given(value=BAD)
+def test_bad_values_raise_an_error_naming_the_argument(label, part, name, value):
+    before = state(MODEL)
+    error = raised(lambda: call_with(label, part, name, value))
+    assert state(MODEL) == before
+    if error is not None:
+        assert isinstance(error, TypeError | ValueError), f"{type(error).__name__}: {error}"
+        # "argument: what was expected", naming this argument (first, or as the culprit of
+        # a mismatch: a text target with a forward_func that is no CLIP model)
+        assert re.match(r"^\w+: ", str(error)), str(error)
+        assert re.search(rf"\b{name}\b", str(error)), str(error)
+
+
+def test_every_public_argument_is_drawn():
+    drawn = {(label, part): set() for label, part, _ in CASES}
+    for label, part, name in CASES:
+        drawn[label, part].add(name)
+    assert drawn["GScoreCAM", "attribute"] >= {"inputs", "target", "topk", "early_stop"}
+    assert drawn["HilaCAM", "__init__"] == {"forward_func", "blocks"}
+    assert len(CASES) >= 40
