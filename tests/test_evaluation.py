@@ -17,6 +17,7 @@ from PIL import Image
 from pycocotools import mask as coco_mask
 
 import captum_gscorecam.evaluation.runner as runner
+import captum_gscorecam.usage as usage
 from captum_gscorecam import CLIPSimilarity, HilaCAM, encode_text
 from captum_gscorecam.evaluation import (
     MetricParams,
@@ -300,11 +301,12 @@ def test_resume_skips_finished_images(tmp_path, model, tokenizer, monkeypatch):
     jsonl = tmp_path / "results.jsonl"
     text = jsonl.read_text()
     jsonl.write_text(text + text[: len(text) // 2])  # a second record cut short by a crash
-    resumed = run(model, tokenizer, examples, tmp_path)
+    with pytest.warns(UserWarning, match=r"out: 1 damaged result line\(s\) dropped"):
+        resumed = run(model, tokenizer, examples, tmp_path)
     assert calls == FAST * 2  # only the two new images
     lines = jsonl.read_text().splitlines()
-    assert len(lines) == 4
-    assert [json.loads(line)["image_id"] for line in lines[2:]] == [str(s) for s in SEEDS[1:]]
+    assert len(lines) == 3  # the cut line is gone
+    assert [json.loads(line)["image_id"] for line in lines] == [str(s) for s in SEEDS]
     calls.clear()
     again = run(model, tokenizer, examples, tmp_path)
     assert calls == []
@@ -401,7 +403,7 @@ def test_bad_arguments_name_the_argument(capsys, argv, message):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--dataset", "coco"], "root: --dataset coco needs --root DIR"),
+        (["--dataset", "coco"], "root: give --root DIR or --annotations FILE"),
         (["--dataset", "coco", "--root", "{tmp}"], "root: no annotations"),
     ],
 )
@@ -413,7 +415,7 @@ def test_coco_without_a_dataset_is_a_usage_error(tmp_path, argv, message):
 
 def test_evaluate_command_on_a_coco_folder(tmp_path, capsys, monkeypatch, model, tokenizer):
 
-    monkeypatch.setattr(runner, "load_model", lambda *_: (model, make_preprocess(SIZE), tokenizer))
+    monkeypatch.setattr(usage, "load_model", lambda *_: (model, make_preprocess(SIZE), tokenizer))
     export_coco(tmp_path / "coco", SEEDS, n_objects=2, size=SIZE)
     argv = ["evaluate", "--dataset", "coco", "--root", str(tmp_path / "coco"), "--limit", "1"]
     argv += ["--template", "a {}", "--methods", "gscorecam,uniform", "--out", str(tmp_path / "o")]
@@ -424,6 +426,77 @@ def test_evaluate_command_on_a_coco_folder(tmp_path, capsys, monkeypatch, model,
     assert saved["config"]["run"]["template"] == "a {}"
     assert {row["prompt"] for row in saved["rows"]} == set(render_scene(SEEDS[0], 2, SIZE).captions)
     assert len(saved["rows"]) == 2 * 2
-    args.topk = 0.5
+    assert saved["config"]["topk"] == 0.5  # the ViT default, resolved
+    args.topk = 0.25
     with pytest.raises(UsageError, match=r"out: .* other settings"):
         args.run(args)
+
+
+def val2017_layout(tmp_path):
+    """A shapes COCO export rearranged as COCO ships val2017."""
+    export_coco(tmp_path / "export", SEEDS[:2], n_objects=2, size=SIZE)
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    (tmp_path / "export" / "annotations" / "instances.json").rename(
+        root / "annotations" / "instances_val2017.json"
+    )
+    (tmp_path / "export" / "images").rename(root / "val2017")
+    return root
+
+
+@pytest.mark.parametrize("how", ["root", "files"])
+def test_evaluate_command_on_the_coco_val2017_layout(
+    tmp_path, capsys, monkeypatch, model, tokenizer, how
+):
+    monkeypatch.setattr(usage, "load_model", lambda *_: (model, make_preprocess(SIZE), tokenizer))
+    root = val2017_layout(tmp_path)
+    annotations, images = root / "annotations" / "instances_val2017.json", root / "val2017"
+    argv = ["evaluate", "--dataset", "coco", "--methods", "uniform", "--out", str(tmp_path / "o")]
+    if how == "root":
+        argv += ["--root", str(root)]
+    else:
+        argv += ["--annotations", str(annotations), "--images", str(images)]
+    args = evaluate_parser().parse_args(argv)
+    args.run(args)
+    saved = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert saved["config"]["run"]["annotations"] == str(annotations)
+    assert saved["config"]["run"]["images"] == str(images)
+    assert (saved["images"], saved["examples"]) == (2, 4)
+    table = (tmp_path / "o" / "results.md").read_text()
+    assert table.startswith("# Localization benchmark: shapes-rn on COCO val2017, 2 images, 4 ex")
+
+
+def test_annotations_alone_find_the_image_folder_beside_them(tmp_path):
+    root = val2017_layout(tmp_path)
+    examples = coco_examples(None, SIZE, annotations=root / "annotations/instances_val2017.json")
+    assert {e.source.parent for e in examples} == {root / "val2017"}
+
+
+def test_results_md_says_what_each_metric_measures(tmp_path, model, tokenizer, examples):
+    params = MetricParams(faithfulness_steps=2)
+    run(model, tokenizer, examples[:2], tmp_path, ["uniform"], params=params)
+    lines = (tmp_path / "results.md").read_text().splitlines()
+    meanings = [line for line in lines[:12] if line.startswith("- **")]
+    titles = ["pointing game", "box accuracy", "mean IoU", "MaxBoxAccV2", "energy", "mask IoU"]
+    titles += ["deletion", "insertion", "s / image"]
+    assert [line.split("**")[1] for line in meanings] == titles
+    assert "lower is better" in meanings[6]
+    assert "higher is better" in meanings[7]
+    assert all(("better" in line) or ("faster" in line) for line in meanings)
+    assert "### Images with 1-3 objects (2 examples)" in lines
+
+
+def test_report_is_rewritten_from_stored_results_alone(tmp_path, model, tokenizer, examples):
+    import gzip
+
+    from captum_gscorecam.evaluation import report
+
+    run(model, tokenizer, examples, tmp_path / "run", ["uniform", "gscorecam"])
+    stored = tmp_path / "stored"
+    stored.mkdir()
+    data = (tmp_path / "run" / "results.json").read_bytes()
+    (stored / "results.json.gz").write_bytes(gzip.compress(data))
+    report.main([str(stored)])
+    md = (tmp_path / "run" / "results.md").read_text()
+    assert (stored / "results.md").read_text() == md
+    assert (stored / "results.png").read_bytes()[:4] == PNG_MAGIC

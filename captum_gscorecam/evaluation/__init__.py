@@ -1,23 +1,50 @@
-"""Localization and faithfulness metrics, evaluation datasets, and the runner comparing methods."""
+"""Localization and faithfulness metrics, evaluation datasets, and the runner comparing methods.
 
-from captum_gscorecam.evaluation.datasets import Example, coco_examples, shapes_examples
-from captum_gscorecam.evaluation.metrics import (
-    box_accuracy,
-    box_iou,
-    deletion_auc,
-    energy_pointing,
-    insertion_auc,
-    mask_iou,
-    max_box_acc_v2,
-    pointing_game,
-)
-from captum_gscorecam.evaluation.report import markdown, summarize
-from captum_gscorecam.evaluation.runner import (
-    MetricParams,
-    add_evaluate_parser,
-    evaluate,
-    evaluate_command,
-)
+Names are imported on first use, so the command line's parser can import
+``captum_gscorecam.evaluation.command`` without loading torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from captum_gscorecam.evaluation.command import add_evaluate_parser, evaluate_command
+    from captum_gscorecam.evaluation.datasets import Example, coco_examples, shapes_examples
+    from captum_gscorecam.evaluation.metrics import (
+        box_accuracy,
+        box_iou,
+        deletion_auc,
+        energy_pointing,
+        insertion_auc,
+        mask_iou,
+        max_box_acc_v2,
+        pointing_game,
+    )
+    from captum_gscorecam.evaluation.report import markdown, summarize, write_report
+    from captum_gscorecam.evaluation.runner import MetricParams, evaluate
+
+_MODULES = {
+    "add_evaluate_parser": "command",
+    "evaluate_command": "command",
+    "Example": "datasets",
+    "coco_examples": "datasets",
+    "shapes_examples": "datasets",
+    "box_accuracy": "metrics",
+    "box_iou": "metrics",
+    "deletion_auc": "metrics",
+    "energy_pointing": "metrics",
+    "insertion_auc": "metrics",
+    "mask_iou": "metrics",
+    "max_box_acc_v2": "metrics",
+    "pointing_game": "metrics",
+    "markdown": "report",
+    "summarize": "report",
+    "write_report": "report",
+    "MetricParams": "runner",
+    "evaluate": "runner",
+}
 
 __all__ = [
     "Example",
@@ -37,4 +64,13 @@ __all__ = [
     "pointing_game",
     "shapes_examples",
     "summarize",
+    "write_report",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name not in _MODULES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_MODULES[name]}"), name)
+    globals()[name] = value
+    return value

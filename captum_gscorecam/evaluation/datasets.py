@@ -9,10 +9,10 @@ boxes and masks scaled by the same factors.
 
 from __future__ import annotations
 
-import json
 import math
+import string
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,10 +20,17 @@ import numpy as np
 from PIL import Image
 from skimage.draw import polygon
 
+from captum_gscorecam.evaluation.coco import CocoImage, coco_files, read_coco
 from captum_gscorecam.shapes import DEFAULT_SIZE, render_scene
-from captum_gscorecam.shapes.coco import ANNOTATIONS, IMAGES, rle_decode
+from captum_gscorecam.shapes.coco import rle_decode
 
-__all__ = ["Example", "coco_examples", "shapes_examples"]
+__all__ = [
+    "Example",
+    "check_template",
+    "coco_examples",
+    "coco_image_examples",
+    "shapes_examples",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,7 +86,7 @@ def shapes_examples(
 
 
 def coco_examples(
-    root: str | Path,
+    root: str | Path | None,
     size: int,
     template: str = "{}",
     limit: int | None = None,
@@ -91,56 +98,85 @@ def coco_examples(
     The prompt is ``template.format(category name)`` (the paper uses the bare name; CLIP's
     ``"a photo of a {}"`` is the other common choice). Crowd annotations are skipped. Boxes
     ``[x, y, w, h]`` become ``floor(x s), floor(y s'), ceil((x + w) s), ceil((y + h) s')`` with
-    ``s = size / width``, ``s' = size / height``; masks come from polygons (filled in the scaled
-    frame) or RLE (resized, nearest); compressed RLE needs ``pycocotools`` (extra ``coco``),
-    without which the class's mask is unknown (None) and a warning says so.
+    ``s = size / width``, ``s' = size / height`` (at least one pixel wide and high); masks come
+    from polygons (filled in the scaled frame) or RLE (resized, nearest); compressed RLE needs
+    ``pycocotools`` (extra ``coco``), without which the class's mask is unknown (None) and a
+    warning says so. The file is checked as :func:`read_coco` describes.
 
     Args:
-        root: The dataset folder, laid out as ``export_coco`` writes it.
+        root: The dataset folder, as ``export_coco`` writes it or as COCO ships val2017
+            (see :func:`coco_files`); None if both ``annotations`` and ``images`` are given.
         size: The model's square input size.
         template: Prompt template with one ``{}`` for the category name.
-        limit: The first ``limit`` images only (file order); None for all.
-        annotations: The instances JSON; default ``root/annotations/instances.json``.
-        images: The image folder; default ``root/images``.
+        limit: The first ``limit`` readable images only (file order); None for all.
+        annotations: The instances JSON; default from ``root``.
+        images: The image folder; default from ``root`` or ``annotations``.
+
+    Raises:
+        ValueError: A malformed file or template (named), or no image with an annotation.
     """
-    root = Path(root)
-    data = json.loads(Path(annotations or root / ANNOTATIONS).read_text())
-    image_dir = Path(images or root / IMAGES)
-    names = {category["id"]: category["name"] for category in data["categories"]}
-    per_image: dict[int, list[dict]] = {image["id"]: [] for image in data["images"]}
-    for annotation in data["annotations"]:
-        if not annotation.get("iscrowd", 0):
-            per_image[annotation["image_id"]].append(annotation)
+    check_template(template)
+    annotations, images = coco_files(root, annotations, images)
+    return coco_image_examples(read_coco(annotations, images, limit), size, template)
+
+
+def coco_image_examples(
+    images: Sequence[CocoImage], size: int, template: str = "{}"
+) -> list[Example]:
+    """The examples of images :func:`read_coco` has read; see :func:`coco_examples`."""
     examples = []
-    for image in data["images"][:limit]:
-        by_category: dict[int, list[dict]] = {}
-        for annotation in per_image[image["id"]]:
-            by_category.setdefault(annotation["category_id"], []).append(annotation)
-        scale = (size / image["width"], size / image["height"])
-        for category, instances in by_category.items():
+    for image in images:
+        by_category: dict[str, list[Mapping[str, object]]] = {}
+        for annotation in image.annotations:
+            by_category.setdefault(annotation["category"], []).append(annotation)
+        scale = (size / image.width, size / image.height)
+        for name, instances in by_category.items():
             examples.append(
                 Example(
-                    image_id=str(image["id"]),
-                    prompt=template.format(names[category]),
+                    image_id=image.image_id,
+                    prompt=template.format(name),
                     boxes=np.stack([_scaled_box(a["bbox"], scale, size) for a in instances]),
                     mask=_class_mask(instances, image, size),
-                    n_objects=len(per_image[image["id"]]),
-                    source=image_dir / image["file_name"],
+                    n_objects=len(image.annotations),
+                    source=image.path,
                     size=size,
                 )
             )
+    if not examples:
+        raise ValueError(
+            f"annotations: none of the {len(images)} image(s) has a non-crowd annotation"
+        )
     return examples
+
+
+def check_template(template: object) -> str:
+    """A prompt template with exactly one ``{}`` field (for the class name)."""
+    expected = f"template: expected text with one {{}} for the class name, got {template!r}"
+    if not isinstance(template, str):
+        raise TypeError(expected)
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        template.format("x")
+    except (ValueError, IndexError, KeyError):
+        raise ValueError(expected) from None
+    if fields != [""]:
+        raise ValueError(expected)
+    return template
 
 
 def _scaled_box(bbox: Sequence[float], scale: tuple[float, float], size: int) -> np.ndarray:
     """COCO ``[x, y, w, h]`` to ``x0, y0, x1, y1`` (exclusive) covering it in the scaled frame."""
     x, y, w, h = bbox
     sx, sy = scale
-    box = [math.floor(x * sx), math.floor(y * sy), math.ceil((x + w) * sx), math.ceil((y + h) * sy)]
+    x0, y0 = min(math.floor(x * sx), size - 1), min(math.floor(y * sy), size - 1)
+    x1, y1 = math.ceil((x + w) * sx), math.ceil((y + h) * sy)
+    box = [max(x0, 0), max(y0, 0), max(x1, x0 + 1), max(y1, y0 + 1)]
     return np.clip(np.array(box, dtype=np.int64), 0, size)
 
 
-def _class_mask(instances: list[dict], image: dict, size: int) -> np.ndarray | None:
+def _class_mask(
+    instances: Sequence[Mapping[str, object]], image: CocoImage, size: int
+) -> np.ndarray | None:
     """Union of the instances' masks at ``size x size``; None if one cannot be decoded."""
     union = np.zeros((size, size), dtype=bool)
     for annotation in instances:
@@ -151,11 +187,11 @@ def _class_mask(instances: list[dict], image: dict, size: int) -> np.ndarray | N
     return union
 
 
-def _instance_mask(segmentation: object, image: dict, size: int) -> np.ndarray | None:
+def _instance_mask(segmentation: object, image: CocoImage, size: int) -> np.ndarray | None:
     """One instance's mask at ``size x size`` from polygons or RLE."""
     if isinstance(segmentation, list) and segmentation:
         mask = np.zeros((size, size), dtype=bool)
-        sx, sy = size / image["width"], size / image["height"]
+        sx, sy = size / image.width, size / image.height
         for points in segmentation:
             xy = np.asarray(points, dtype=float).reshape(-1, 2)
             mask[polygon(xy[:, 1] * sy, xy[:, 0] * sx, (size, size))] = True

@@ -8,6 +8,9 @@ faithfulness), ``seconds`` (the method's wall time on the whole image), ``n_obje
 
 from __future__ import annotations
 
+import argparse
+import gzip
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -16,11 +19,11 @@ from matplotlib.figure import Figure
 
 from captum_gscorecam.methods import METHODS
 
-__all__ = ["markdown", "object_buckets", "summarize", "write_chart"]
+__all__ = ["bucket_label", "markdown", "object_buckets", "summarize", "write_chart", "write_report"]
 
 Row = Mapping[str, object]
 
-# (title, key, format); deletion is better when lower.
+# (title, key, format)
 COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("pointing game", "pointing", ".3f"),
     ("box accuracy", "box_accuracy", ".3f"),
@@ -29,9 +32,27 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("energy", "energy", ".3f"),
     ("mask IoU", "mask_iou", ".3f"),
     ("deletion (lower)", "deletion", ".3f"),
-    ("insertion", "insertion", ".3f"),
+    ("insertion (higher)", "insertion", ".3f"),
     ("s / image", "seconds_per_image", ".3f"),
 )
+# What each column measures and which way is better; {names} are the run's metric settings.
+MEANINGS = {
+    "pointing": "share of examples whose map peak lies in a box of the prompted class (or "
+    "within {tolerance} px of one); higher is better.",
+    "box_accuracy": "share of examples whose box (Otsu threshold, largest region) overlaps a "
+    "box of the class with IoU >= {iou_threshold}; higher is better.",
+    "mean_iou": "mean IoU of that box with the best-matching box of the class; higher is better.",
+    "max_box_acc_v2": "box accuracy at the best map threshold (shared by all examples), "
+    "averaged over IoU {iou_thresholds} (Choe et al. 2020); higher is better.",
+    "energy": "share of the map's positive mass inside the class's boxes; higher is better.",
+    "mask_iou": "IoU of the map above its Otsu threshold with the class's mask; higher is better.",
+    "deletion": "area under the score (logit_scale * cos) as the map's top pixels are "
+    "removed, in {steps} steps; lower is better (the score falls fast).",
+    "insertion": "area under the score as the map's top pixels are put back into a blurred "
+    "image, in {steps} steps; higher is better.",
+    "seconds_per_image": "the method's wall time per image, all its prompts together; lower "
+    "is faster.",
+}
 CHART_METRICS = ("pointing", "box_accuracy", "mean_iou", "max_box_acc_v2", "energy", "mask_iou")
 # The paper's breakdown by objects per image, with a bucket for crowded (COCO) images.
 BUCKETS: tuple[tuple[str, int, int | None], ...] = (("1-3", 1, 3), ("4-6", 4, 6), ("7+", 7, None))
@@ -100,15 +121,21 @@ def _mean(values: object) -> float | None:
 
 
 def markdown(results: Mapping[str, object]) -> str:
-    """The summary table (methods x metrics) and the breakdown by objects per image."""
+    """What each metric measures, the summary table (methods x metrics), and the breakdown by
+    objects per image, one table per bucket.
+    """
     summary: Mapping[str, Mapping[str, object]] = results["summary"]
     columns = [c for c in COLUMNS if any(s[c[1]] is not None for s in summary.values())]
     config = results["config"]
     lines = [
-        "# Localization benchmark",
+        f"# Localization benchmark: {_title(results)}",
         "",
-        f"{results['images']} images, {results['examples']} (image, class) examples; "
-        f"run: {_describe(config)}.",
+        *(
+            f"- **{title.split(' (')[0]}**: {MEANINGS[key].format(**_settings(config))}"
+            for title, key, _ in columns
+        ),
+        "",
+        f"Run: {_describe(config)}.",
         "",
         _table(
             ["method", *(title for title, _, _ in columns)],
@@ -120,29 +147,58 @@ def markdown(results: Mapping[str, object]) -> str:
     ]
     buckets: Mapping[str, Mapping[str, Mapping[str, object]]] = results["by_objects"]
     if buckets:
-        keys = (
-            ("pointing", "pointing"),
-            ("box acc", "box_accuracy"),
-            ("MaxBoxAccV2", "max_box_acc_v2"),
-        )
-        header = ["method"] + [
-            f"{title} ({name} objects, n={next(iter(per.values()))['examples']})"
-            for name, per in buckets.items()
-            for title, _ in keys
+        lines += ["", "## By number of objects per image"]
+    keys = (
+        ("pointing game", "pointing"),
+        ("box accuracy", "box_accuracy"),
+        ("MaxBoxAccV2", "max_box_acc_v2"),
+    )
+    for name, per in buckets.items():
+        examples = next(iter(per.values()))["examples"]
+        lines += [
+            "",
+            f"### {bucket_label(name)} ({examples} examples)",
+            "",
+            _table(
+                ["method", *(title for title, _ in keys)],
+                [[METHODS[m], *(_cell(per[m][key], ".3f") for _, key in keys)] for m in summary],
+            ),
         ]
-        body = [
-            [METHODS[m]]
-            + [_cell(per[m][key], ".3f") for per in buckets.values() for _, key in keys]
-            for m in summary
-        ]
-        lines += ["", "## By number of objects per image", "", _table(header, body)]
     return "\n".join(lines) + "\n"
+
+
+def bucket_label(name: str) -> str:
+    """What a bucket of ``by_objects`` holds: "1-3" -> "Images with 1-3 objects"."""
+    return f"Images with {name} objects"
+
+
+def _title(results: Mapping[str, object]) -> str:
+    """Model, dataset and size of a run, e.g. "shapes-rn on shapes, 500 images, 2,250 examples"."""
+    run = dict(results["config"]["run"])
+    dataset = run.get("dataset", "?")
+    if dataset == "coco" and run.get("annotations"):
+        dataset = f"COCO {Path(str(run['annotations'])).stem.removeprefix('instances_')}"
+    return (
+        f"{run.get('model', '?')} on {dataset}, {results['images']:,} images, "
+        f"{results['examples']:,} examples"
+    )
+
+
+def _settings(config: Mapping[str, object]) -> dict[str, object]:
+    """The metric settings the meanings quote."""
+    metrics = dict(config["metrics"])
+    return {
+        "tolerance": metrics.get("tolerance", 15),
+        "iou_threshold": metrics.get("iou_threshold", 0.5),
+        "iou_thresholds": ", ".join(str(t) for t in metrics.get("iou_thresholds", ())),
+        "steps": metrics.get("faithfulness_steps"),
+    }
 
 
 def _describe(config: Mapping[str, object]) -> str:
     """One line naming the run's settings."""
     parts = [f"{k}={v}" for k, v in dict(config["run"]).items()]
-    parts += [f"topk={config['topk']}"]
+    parts += [f"{k}={v}" for k, v in config.items() if k not in ("run", "methods", "metrics")]
     parts += [f"{k}={v}" for k, v in dict(config["metrics"]).items()]
     return ", ".join(parts)
 
@@ -158,20 +214,77 @@ def _cell(value: object, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def write_chart(summary: Mapping[str, Mapping[str, object]], path: str | Path) -> None:
-    """A grouped bar chart of the main localization metrics, one bar per method."""
+def write_report(results: Mapping[str, object], out_dir: str | Path) -> None:
+    """``results.md`` and ``results.png`` of a run's results (the content of results.json)."""
+    out_dir = Path(out_dir)
+    (out_dir / "results.md").write_text(markdown(results))
+    write_chart(results, out_dir / "results.png")
+
+
+def write_chart(results: Mapping[str, object], path: str | Path) -> None:
+    """Bars of the localization metrics per method, and of deletion / insertion when run.
+
+    Titled with the model, the dataset and the number of examples.
+    """
+    summary: Mapping[str, Mapping[str, object]] = results["summary"]
     metrics = [k for k in CHART_METRICS if any(s[k] is not None for s in summary.values())]
-    fig = Figure(figsize=(1.6 + 1.4 * len(metrics), 3.6))
-    ax = fig.add_subplot()
-    width = 0.8 / max(len(summary), 1)
-    x = np.arange(len(metrics))
-    for i, (method, scores) in enumerate(summary.items()):
-        heights = [scores[k] or 0.0 for k in metrics]
-        ax.bar(x + (i - (len(summary) - 1) / 2) * width, heights, width, label=METHODS[method])
-    titles = dict((key, title) for title, key, _ in COLUMNS)
-    ax.set_xticks(x, [titles[k] for k in metrics], fontsize=8)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("score")
-    ax.legend(fontsize=7, ncols=2)
+    faithful = [
+        k for k in ("deletion", "insertion") if any(s.get(k) is not None for s in summary.values())
+    ]
+    widths = [len(metrics)] + ([len(faithful) + 0.5] if faithful else [])
+    fig = Figure(figsize=(2.2 + 1.3 * sum(widths), 4.0))
+    axes = fig.subplots(1, len(widths), width_ratios=widths, squeeze=False)[0]
+    titles = {key: title for title, key, _ in COLUMNS}
+    _bars(axes[0], summary, metrics, titles)
+    axes[0].set_ylim(0, 1)
+    axes[0].set_ylabel("score (higher is better)")
+    axes[0].set_title("localization", fontsize=9)
+    axes[0].legend(fontsize=7, ncols=2)
+    if faithful:
+        _bars(axes[1], summary, faithful, titles)
+        axes[1].axhline(0, color="black", linewidth=0.6)
+        axes[1].set_ylabel("AUC of logit_scale * cos")
+        axes[1].set_title("faithfulness", fontsize=9)
+    fig.suptitle(_title(results), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+
+
+def _bars(
+    ax: object,
+    summary: Mapping[str, Mapping[str, object]],
+    keys: Sequence[str],
+    titles: Mapping[str, str],
+) -> None:
+    """One group of bars per metric, one bar per method."""
+    width = 0.8 / max(len(summary), 1)
+    x = np.arange(len(keys))
+    for i, (method, scores) in enumerate(summary.items()):
+        heights = [scores.get(k) or 0.0 for k in keys]
+        ax.bar(x + (i - (len(summary) - 1) / 2) * width, heights, width, label=METHODS[method])
+    ax.set_xticks(x, [titles[k] for k in keys], fontsize=8)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Rewrite ``results.md`` and ``results.png`` of result folders from their stored
+    ``results.json`` (or ``results.json.gz``), without computing anything.
+
+    ``python -m captum_gscorecam.evaluation.report FOLDER...``
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m captum_gscorecam.evaluation.report", description=main.__doc__
+    )
+    parser.add_argument("folders", nargs="+", type=Path)
+    for folder in parser.parse_args(argv).folders:
+        stored = [folder / "results.json", folder / "results.json.gz"]
+        path = next((p for p in stored if p.is_file()), None)
+        if path is None:
+            parser.error(f"folders: no results.json or results.json.gz in {folder}")
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt") as file:
+            write_report(json.load(file), folder)
+        print(f"wrote {folder / 'results.md'}, {folder / 'results.png'}")
+
+
+if __name__ == "__main__":
+    main()

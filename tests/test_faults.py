@@ -1,0 +1,366 @@
+"""Faults around ``evaluate``: bad flags, damaged result folders, two runs at once, bad COCO."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_vit
+from PIL import Image
+
+import captum_gscorecam.usage as usage
+from captum_gscorecam.cli import main
+from captum_gscorecam.evaluation import coco_examples, evaluate, shapes_examples
+from captum_gscorecam.evaluation.store import LOCK_FILE, locked
+from captum_gscorecam.shapes import export_coco
+from captum_gscorecam.shapes.models import make_preprocess
+
+SIZE = 64
+SEEDS = (10_000_000, 10_000_001, 10_000_002)
+METHODS = ["uniform", "saliency"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_vit(image_size=SIZE, patch_size=16)
+
+
+@pytest.fixture(scope="module")
+def examples():
+    return shapes_examples(SEEDS, (1, 2), SIZE)
+
+
+def run(model, tokenizer, examples, out, topk=0.1, **kwargs):
+    preprocess = make_preprocess(SIZE)
+    return evaluate(model, preprocess, tokenizer, examples, METHODS, topk, out, **kwargs)
+
+
+def without_time(rows):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail the test if a command loads a model."""
+
+    def refuse(*_):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(usage, "load_model", refuse)
+
+
+def refused(argv, capsys):
+    """Run the command; it must exit with status 2 and one line on stderr, which is returned."""
+    try:
+        status = main(argv)
+    except SystemExit as exit_:
+        status = exit_.code
+    assert status == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in lines[0]
+    return lines[-1]
+
+
+# Flags refused at parse time, before a model loads or anything is written
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--seed", "-1"], "argument --seed: expected an integer >= 0, got '-1'"),
+        (["--tolerance", "-2"], "argument --tolerance: expected an integer >= 0, got '-2'"),
+        (["--objects", "3-"], "argument --objects: expected LOW-HIGH within 1-6"),
+        (["--objects", "-3"], "argument --objects: expected LOW-HIGH within 1-6"),
+        (["--methods", "uniform,uniform"], "argument --methods: expected each method once"),
+        (["--topk", "0"], "argument --topk: expected a channel count"),
+        (["--topk", "-3"], "argument --topk: expected a channel count"),
+        (["--topk", "1.5"], "argument --topk: expected a channel count"),
+        (["--topk", "nan"], "argument --topk: expected a channel count"),
+        (["--topk", "inf"], "argument --topk: expected a channel count"),
+        (["--template", "a photo"], "argument --template: expected text with one {}"),
+        (["--template", "{} and {}"], "argument --template: expected text with one {}"),
+        (["--template", "{name}"], "argument --template: expected text with one {}"),
+        (["--device", "tpu"], "argument --device: expected cpu, cuda or cuda:N"),
+    ],
+)
+def test_bad_flags_are_refused_at_parse_time(tmp_path, capsys, no_model, argv, message):
+    out = tmp_path / "out"
+    line = refused(["evaluate", *argv, "--out", str(out)], capsys)
+    assert message in line
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu_is_refused_at_parse_time(tmp_path, capsys, no_model):
+    line = refused(["evaluate", "--device", "cuda", "--out", str(tmp_path / "o")], capsys)
+    assert "argument --device: 'cuda': this machine has no CUDA device" in line
+
+
+def test_out_that_is_a_file_is_refused(tmp_path, capsys, no_model):
+    (tmp_path / "file").write_text("x")
+    line = refused(["evaluate", "--out", str(tmp_path / "file")], capsys)
+    assert "argument --out: expected a folder" in line
+
+
+def test_pretrained_with_a_shapes_model_is_refused_before_loading(tmp_path, capsys, no_model):
+    out = tmp_path / "out"
+    argv = ["evaluate", "--model", "shapes-rn", "--pretrained", "openai", "--out", str(out)]
+    assert "pretrained: shapes-rn is a bundled model" in refused(argv, capsys)
+    assert not out.exists()
+
+
+# A refused or crashed run leaves its folder usable
+
+
+def test_a_crashed_run_does_not_poison_its_folder(tmp_path, model, tokenizer, examples):
+    wrong_size = shapes_examples(SEEDS[:1], (1, 1), 96)
+    with pytest.raises(ValueError, match="examples: built at 96 px"):
+        run(model, tokenizer, wrong_size, tmp_path, topk=0.25)
+    assert (tmp_path / "run.json").is_file()  # written, but it binds nothing without results
+    assert not (tmp_path / LOCK_FILE).exists()
+    results = run(model, tokenizer, examples, tmp_path)  # other settings: accepted
+    assert results["config"]["topk"] == 0.1
+    assert json.loads((tmp_path / "run.json").read_text()) == results["config"]
+
+
+def test_bad_settings_write_nothing(tmp_path, model, tokenizer, examples):
+    out = tmp_path / "out"
+    for topk in (0, math.nan, -1):
+        with pytest.raises(ValueError, match="topk: expected a channel count"):
+            run(model, tokenizer, examples, out, topk=topk)
+    with pytest.raises(ValueError, match="methods: expected each method once"):
+        evaluate(model, make_preprocess(SIZE), tokenizer, examples, ["uniform"] * 2, 0.1, out)
+    with pytest.raises(ValueError, match="examples: expected at least one"):
+        run(model, tokenizer, [], out)
+    assert not out.exists()
+
+
+# Resume: damaged lines are recomputed, never silently dropped or mixed
+
+
+def _empty_rows(lines):
+    lines[1] = json.dumps(json.loads(lines[1]) | {"rows": []}).encode()
+
+
+def _not_an_object(lines):
+    lines[1] = b"[1, 2, 3]"
+
+
+def _missing_key(lines):
+    record = json.loads(lines[1])
+    del record["rows"][0]["box_iou"]
+    lines[1] = json.dumps(record).encode()
+
+
+def _wrong_kind(lines):
+    record = json.loads(lines[1])
+    record["rows"][-1]["pointing"] = "yes"
+    lines[1] = json.dumps(record).encode()
+
+
+def _not_utf8(lines):
+    lines[1] = lines[1][:40] + b"\xff\xfe" + lines[1][42:]
+
+
+def _truncated_last(lines):
+    lines[-1] = lines[-1][: len(lines[-1]) // 2]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [_empty_rows, _not_an_object, _missing_key, _wrong_kind, _not_utf8, _truncated_last],
+)
+def test_a_damaged_line_is_recomputed_with_one_warning(
+    tmp_path, model, tokenizer, examples, damage
+):
+    fresh = run(model, tokenizer, examples, tmp_path / "fresh")
+    out = tmp_path / "out"
+    run(model, tokenizer, examples, out)
+    shard = out / "results.jsonl"
+    lines = shard.read_bytes().splitlines()
+    damage(lines)
+    shard.write_bytes(b"\n".join(lines) + (b"" if damage is _truncated_last else b"\n"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = run(model, tokenizer, examples, out)
+    messages = [str(w.message) for w in caught if "damaged" in str(w.message)]
+    assert messages == [
+        "out: 1 damaged result line(s) dropped (1 in results.jsonl); "
+        "their images are computed again"
+    ]
+    assert resumed["examples"] == len(examples)
+    assert len(resumed["rows"]) == len(examples) * len(METHODS)
+    assert without_time(resumed["rows"]) == without_time(fresh["rows"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the folder is clean again: no second warning
+        run(model, tokenizer, examples, out)
+    assert len(shard.read_bytes().splitlines()) == len(SEEDS)
+
+
+def test_deleting_run_json_does_not_let_other_settings_mix_in(tmp_path, model, tokenizer, examples):
+    first = [e for e in examples if e.image_id == str(SEEDS[0])]
+    run(model, tokenizer, first, tmp_path)
+    (tmp_path / "run.json").unlink()
+    with pytest.raises(ValueError, match=r"out: .* other settings"):
+        run(model, tokenizer, examples, tmp_path, topk=0.5)
+    assert without_time(run(model, tokenizer, examples, tmp_path)["rows"])  # same settings: fine
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused(tmp_path, model, tokenizer, examples):
+    in_use = r"out: .* in use by another evaluate run \(pid"
+    with locked(tmp_path), pytest.raises(ValueError, match=in_use):
+        run(model, tokenizer, examples, tmp_path)
+    assert not (tmp_path / LOCK_FILE).exists()
+    assert run(model, tokenizer, examples, tmp_path)["examples"] == len(examples)
+
+
+def test_the_lock_of_a_killed_run_does_not_block(tmp_path, model, tokenizer, examples):
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from captum_gscorecam.evaluation.store import locked\n"
+            "with locked(sys.argv[1]):\n"
+            "    print('locked', flush=True)\n"
+            "    time.sleep(120)\n",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ValueError, match=f"pid {holder.pid} on "):
+            run(model, tokenizer, examples, tmp_path)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert (tmp_path / LOCK_FILE).exists()  # left behind by the killed run
+    assert run(model, tokenizer, examples, tmp_path)["examples"] == len(examples)
+
+
+# COCO files: every fault named by file and field, or skipped with a count
+
+
+@pytest.fixture
+def coco(tmp_path):
+    """A two-image COCO folder; returns (root, the instances data)."""
+    export_coco(tmp_path, SEEDS[:2], n_objects=2, size=SIZE)
+    path = tmp_path / "annotations" / "instances.json"
+    return tmp_path, json.loads(path.read_text())
+
+
+def write(root, data):
+    path = root / "annotations" / "instances.json"
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return path
+
+
+def _edit(key, index, field, value):
+    def edit(data):
+        data[key][index][field] = value
+        return data
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: "{not json", "not valid JSON"),
+        (lambda d: d["images"], "expected a JSON object with 'images', 'annotations' and"),
+        (lambda d: {k: v for k, v in d.items() if k != "categories"}, "missing 'categories'"),
+        (lambda d: {k: v for k, v in d.items() if k != "annotations"}, "missing 'annotations'"),
+        (_edit("annotations", 1, "image_id", 99), "annotations[1].image_id: expected the id of"),
+        (_edit("annotations", 0, "category_id", 999), "annotations[0].category_id: expected a"),
+        (_edit("images", 1, "width", 0), "images[1].width: expected a positive integer, got 0"),
+        (_edit("annotations", 2, "bbox", [1, 2, float("nan"), 3]), "annotations[2].bbox: expected"),
+        (_edit("annotations", 2, "bbox", [1, 2, -4, 3]), "annotations[2].bbox: expected [x, y,"),
+        (_edit("annotations", 0, "bbox", [1, 2, 3]), "annotations[0].bbox: expected [x, y,"),
+        (
+            _edit("annotations", 0, "segmentation", {"counts": [SIZE * SIZE], "size": [8, 8]}),
+            "annotations[0].segmentation.size: expected the image's [height, width] = [64, 64]",
+        ),
+        (
+            _edit("annotations", 0, "segmentation", {"counts": [5, 5], "size": [SIZE, SIZE]}),
+            "annotations[0].segmentation.counts: expected runs adding up to 4096 pixels",
+        ),
+        (
+            _edit("annotations", 1, "segmentation", [[1.0, 2.0, 3.0]]),
+            "annotations[1].segmentation[0]: expected a polygon of x, y pairs, got [1.0, 2.0, 3.0]",
+        ),
+    ],
+)
+def test_a_malformed_coco_file_names_the_file_and_the_field(coco, edit, message):
+    root, data = coco
+    path = write(root, edit(data))
+    with pytest.raises(ValueError, match=r"^annotations: ") as error:
+        coco_examples(root, SIZE)
+    assert str(error.value).startswith(f"annotations: {path}: ")
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_a_malformed_coco_file_is_one_line_from_the_command(coco, capsys, no_model):
+    root, data = coco
+    path = write(root, _edit("images", 0, "width", 0)(data))
+    argv = ["evaluate", "--dataset", "coco", "--root", str(root), "--out", str(root / "o")]
+    assert refused(argv, capsys).endswith(
+        f"annotations: {path}: images[0].width: expected a positive integer, got 0"
+    )
+    assert not (root / "o").exists()
+
+
+def test_missing_and_unreadable_images_are_skipped_with_a_count(coco):
+    root, data = coco
+    (root / "images" / data["images"][0]["file_name"]).unlink()
+    (root / "images" / "notes.png").write_text("not an image")
+    data["images"].append({"id": 50, "file_name": "notes.png", "width": SIZE, "height": SIZE})
+    annotation = dict(data["annotations"][0], id=500, image_id=50)
+    data["annotations"].append(annotation)
+    write(root, data)
+    with pytest.warns(UserWarning, match=r"^images: skipped ") as caught:
+        examples = coco_examples(root, SIZE)
+    (message,) = [str(w.message) for w in caught]
+    missing = data["images"][0]["file_name"]
+    assert message == (
+        f"images: skipped 1 missing ({missing}); 1 not image files (notes.png) in {root / 'images'}"
+    )
+    assert {e.image_id for e in examples} == {str(data["images"][1]["id"])}
+
+
+def test_an_image_listed_twice_counts_once(coco):
+    root, data = coco
+    data["images"].append(dict(data["images"][0]))
+    write(root, data)
+    with pytest.warns(UserWarning, match="1 image id"):
+        examples = coco_examples(root, SIZE)
+    assert len({e.image_id for e in examples}) == 2
+    assert len(examples) == 4
+
+
+def test_no_images_left_is_an_error(coco, capsys, no_model):
+    root, data = coco
+    for image in data["images"]:
+        (root / "images" / image["file_name"]).unlink()
+    argv = ["evaluate", "--dataset", "coco", "--root", str(root), "--out", str(root / "o")]
+    with pytest.warns(UserWarning, match="skipped 2 missing"):
+        line = refused(argv, capsys)
+    assert "no images to evaluate (2 listed, 2 skipped)" in line
+
+
+def test_an_image_of_another_size_than_annotated_is_an_error(coco):
+    root, data = coco
+    Image.fromarray(np.zeros((10, 20, 3), np.uint8)).save(
+        root / "images" / data["images"][1]["file_name"]
+    )
+    with pytest.raises(ValueError, match=r"is 20 x 10 on disk, the annotation says 64 x 64"):
+        coco_examples(root, SIZE)
