@@ -500,3 +500,18 @@ def test_report_is_rewritten_from_stored_results_alone(tmp_path, model, tokenize
     md = (tmp_path / "run" / "results.md").read_text()
     assert (stored / "results.md").read_text() == md
     assert (stored / "results.png").read_bytes()[:4] == PNG_MAGIC
+
+
+@pytest.mark.parametrize(
+    ("text", "topk"), [("300", 300), ("1", 1), ("1.0", 1.0), ("0.1", 0.1), ("26.0", 26)]
+)
+def test_topk_flag_reads_integers_as_counts_and_decimals_as_fractions(text, topk):
+    args = evaluate_parser().parse_args(["evaluate", "--topk", text])
+    assert args.topk == topk
+    assert type(args.topk) is type(topk)
+
+
+def test_topk_defaults_to_the_towers_default(tmp_path, tokenizer):
+    rn, vit = tiny_rn(), make_model()
+    assert (runner.default_topk(rn), runner.default_topk(vit)) == (0.1, 0.5)
+    assert evaluate_parser().parse_args(["evaluate"]).topk is None

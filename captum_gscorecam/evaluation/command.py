@@ -231,13 +231,16 @@ def _non_negative(text: str) -> int:
 
 
 def _topk(text: str) -> int | float:
-    """``--topk``: "300" is a channel count, "0.1" a fraction of the channels."""
-    from captum_gscorecam.evaluation.runner import check_topk
+    """``--topk``: "300" (an integer) is a channel count, "0.1" a fraction of the channels."""
+    from captum_gscorecam.checks import check_topk
 
     try:
-        value = float(text)
+        value: float = int(text)
     except ValueError:
-        value = math.nan
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
     try:
         return check_topk(value)
     except (TypeError, ValueError):

@@ -28,6 +28,7 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from captum_gscorecam.checks import check_topk
 from captum_gscorecam.clip import CLIPSimilarity, encode_text, token_blocks
 from captum_gscorecam.evaluation.command import add_evaluate_parser, evaluate_command
 from captum_gscorecam.evaluation.datasets import Example
@@ -58,7 +59,6 @@ __all__ = [
     "add_evaluate_parser",
     "check_methods",
     "check_resumable",
-    "check_topk",
     "default_topk",
     "evaluate",
     "evaluate_command",
@@ -338,18 +338,3 @@ def init_distributed(device: str) -> str:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
     return device
-
-
-def check_topk(value: object) -> int | float:
-    """The ``topk`` of gScoreCAM: an int >= 1, or a fraction of the channels in (0, 1]."""
-    expected = (
-        "topk: expected a channel count (an int >= 1) or a fraction of the channels in (0, 1], "
-        f"got {value!r}"
-    )
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(expected)
-    if isinstance(value, float) and 0 < value <= 1:
-        return value
-    if float(value).is_integer() and value >= 1:
-        return int(value)
-    raise ValueError(expected)
