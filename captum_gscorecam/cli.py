@@ -317,7 +317,7 @@ def parser(full: bool = True) -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_explain(sub)
     if full:
-        from captum_gscorecam.evaluation.runner import add_evaluate_parser
+        from captum_gscorecam.evaluation.command import add_evaluate_parser
 
         add_evaluate_parser(sub)
     else:

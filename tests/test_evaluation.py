@@ -391,7 +391,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
         (["--methods", "gscorecam,nope"], "argument --methods: unknown method(s) ['nope']"),
         (["--dataset", "imagenet"], "argument --dataset: invalid choice: 'imagenet'"),
         (["--objects", "0-9"], "argument --objects: expected LOW-HIGH within 1-6"),
-        (["--limit", "0"], "argument --limit: expected a positive integer"),
+        (["--limit", "0"], "argument --limit: expected an integer >= 1"),
     ],
 )
 def test_bad_arguments_name_the_argument(capsys, argv, message):

@@ -84,35 +84,41 @@ def refused(argv, capsys):
         (["--topk", "1.5"], "argument --topk: expected a channel count"),
         (["--topk", "nan"], "argument --topk: expected a channel count"),
         (["--topk", "inf"], "argument --topk: expected a channel count"),
-        (["--template", "a photo"], "argument --template: expected text with one {}"),
-        (["--template", "{} and {}"], "argument --template: expected text with one {}"),
-        (["--template", "{name}"], "argument --template: expected text with one {}"),
-        (["--device", "tpu"], "argument --device: expected cpu, cuda or cuda:N"),
+        (["--template", "a photo"], "argument --template: expected text with exactly one {}"),
+        (["--template", "{} and {}"], "argument --template: expected text with exactly one {}"),
+        (["--template", "{name}"], "argument --template: expected text with exactly one {}"),
+        (["--device", "tpu"], "argument --device: expected auto, cpu, cuda, cuda:N or mps"),
+        (["--limit", "0"], "argument --limit: expected an integer >= 1"),
+        (["--out", "{tmp}/missing/out"], "argument --out: {tmp}/missing/out: the folder"),
     ],
 )
 def test_bad_flags_are_refused_at_parse_time(tmp_path, capsys, no_model, argv, message):
     out = tmp_path / "out"
-    line = refused(["evaluate", *argv, "--out", str(out)], capsys)
-    assert message in line
+    argv = [arg.replace("{tmp}", str(tmp_path)) for arg in ["evaluate", "--out", str(out), *argv]]
+    line = refused(argv, capsys)
+    assert message.replace("{tmp}", str(tmp_path)) in line
     assert not out.exists()
+    assert not (tmp_path / "missing").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_cuda_without_a_gpu_is_refused_at_parse_time(tmp_path, capsys, no_model):
     line = refused(["evaluate", "--device", "cuda", "--out", str(tmp_path / "o")], capsys)
-    assert "argument --device: 'cuda': this machine has no CUDA device" in line
+    assert "argument --device: cuda is not available" in line
+    assert not (tmp_path / "o").exists()
 
 
 def test_out_that_is_a_file_is_refused(tmp_path, capsys, no_model):
     (tmp_path / "file").write_text("x")
     line = refused(["evaluate", "--out", str(tmp_path / "file")], capsys)
-    assert "argument --out: expected a folder" in line
+    assert "argument --out: " in line
+    assert "is a file; expected a folder" in line
 
 
 def test_pretrained_with_a_shapes_model_is_refused_before_loading(tmp_path, capsys, no_model):
     out = tmp_path / "out"
     argv = ["evaluate", "--model", "shapes-rn", "--pretrained", "openai", "--out", str(out)]
-    assert "pretrained: shapes-rn is a bundled model" in refused(argv, capsys)
+    assert "argument --pretrained: shapes-rn brings its own weights" in refused(argv, capsys)
     assert not out.exists()
 
 

@@ -8,7 +8,6 @@ loads and before anything is written: a bad value is one line naming the option,
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,22 +26,43 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
 
     Every argument is checked here or before the model loads; nothing is written before.
     """
+    from captum_gscorecam.usage import (
+        TOPK_DEFAULT_HELP,
+        HelpFormatter,
+        count_arg,
+        device_arg,
+        folder_arg,
+        seed_arg,
+        template_arg,
+        topk_arg,
+    )
+
     p = subparsers.add_parser(
         "evaluate",
         help="compare explainers on a localization benchmark",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("--dataset", choices=["shapes", "coco"], default="shapes")
+    p.add_argument(
+        "--dataset",
+        choices=["shapes", "coco"],
+        default="shapes",
+        help="held-out shapes scenes (offline), or a COCO instances dataset",
+    )
     p.add_argument(
         "--root",
         default=None,
+        metavar="DIR",
         help="COCO folder: annotations/instances.json + images/, or COCO's "
         "annotations/instances_val2017.json + val2017/",
     )
-    p.add_argument("--annotations", default=None, help="COCO instances JSON (default: from --root)")
-    p.add_argument("--images", default=None, help="COCO image folder (default: from --root)")
     p.add_argument(
-        "--template", type=_template, default="{}", help='COCO prompt, e.g. "a photo of a {}"'
+        "--annotations", default=None, metavar="FILE", help="COCO instances JSON (else from --root)"
+    )
+    p.add_argument(
+        "--images", default=None, metavar="DIR", help="COCO image folder (else from --root)"
+    )
+    p.add_argument(
+        "--template", type=template_arg, default="{}", help='COCO prompt, e.g. "a photo of a {}"'
     )
     p.add_argument("--model", default="shapes-rn", help="shapes-rn, shapes-vit or open_clip name")
     p.add_argument(
@@ -51,27 +71,40 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
         help="open_clip tag (openai) or a checkpoint; not for shapes-*",
     )
     p.add_argument(
-        "--methods", type=_methods, default=None, help="comma-separated; default: all that apply"
+        "--methods",
+        type=_methods,
+        default=None,
+        metavar="A,B,...",
+        help="comma-separated, each once (default: every method that applies to the model)",
     )
     p.add_argument(
         "--topk",
-        type=_topk,
+        type=topk_arg,
         default=None,
-        help="gScoreCAM's channel count (>= 1) or fraction (0, 1]; default: 10%% of the "
-        "channels on conv towers, 50%% on ViT token layers",
+        help=f"gScoreCAM's channel count (>= 1) or fraction (0, 1]; default: {TOPK_DEFAULT_HELP}",
     )
     p.add_argument(
-        "--limit", type=_positive, default=None, help=f"images (shapes: {SHAPES_IMAGES})"
+        "--limit",
+        type=count_arg,
+        default=None,
+        help=f"images (default: all COCO images; {SHAPES_IMAGES} shapes scenes)",
     )
-    p.add_argument("--objects", type=_objects, default=(3, 6), help="shapes per scene, e.g. 3-6")
     p.add_argument(
-        "--seed", type=_non_negative, default=10_000_000, help="first held-out scene seed"
+        "--objects", type=_objects, default="3-6", help="shapes per scene: LOW-HIGH or N"
     )
+    p.add_argument("--seed", type=seed_arg, default=10_000_000, help="first held-out scene seed")
     p.add_argument("--faithfulness", action="store_true", help="add deletion / insertion AUC")
-    p.add_argument("--faithfulness-steps", type=_positive, default=20)
+    p.add_argument(
+        "--faithfulness-steps", type=count_arg, default=20, help="steps of deletion / insertion"
+    )
     p.add_argument("--tolerance", type=_non_negative, default=15, help="pointing game margin (px)")
-    p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--out", type=_out_dir, default="results", help="output folder")
+    p.add_argument(
+        "--device",
+        type=device_arg,
+        default="auto",
+        help="auto (cuda if there is one), cpu, cuda or cuda:N",
+    )
+    p.add_argument("--out", type=folder_arg, default="results", help="output folder")
     p.set_defaults(run=evaluate_command)
     return p
 
@@ -92,18 +125,19 @@ def evaluate_command(args: argparse.Namespace) -> None:
     )
     from captum_gscorecam.evaluation.store import check_resumable
     from captum_gscorecam.methods import applicable_methods, check_method
-    from captum_gscorecam.usage import UsageError, load_model
+    from captum_gscorecam.usage import UsageError, check_model, load_model, resolve_device
 
     params = MetricParams(
         tolerance=args.tolerance,
         faithfulness_steps=args.faithfulness_steps if args.faithfulness else None,
     )
+    check_model(args.model, args.pretrained)
     try:
         run = _run_description(args)
         coco = _coco_images(args, run)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    device = init_distributed(args.device)
+    device = init_distributed(resolve_device(args.device))
     try:
         model, preprocess, tokenizer = load_model(args.model, args.pretrained, device)
         try:
@@ -139,11 +173,6 @@ def _run_description(args: argparse.Namespace) -> dict[str, object]:
     """The dataset and model settings of the command, checked."""
     from captum_gscorecam.evaluation.coco import coco_files
 
-    if args.pretrained is not None and args.model.startswith("shapes-"):
-        raise ValueError(
-            f"pretrained: {args.model} is a bundled model with its own weights; "
-            "drop --pretrained, or name an open_clip model"
-        )
     run: dict[str, object] = {"model": args.model, "pretrained": args.pretrained}
     if args.dataset == "shapes":
         for flag in ("root", "annotations", "images"):
@@ -215,72 +244,8 @@ def _objects(text: str) -> tuple[int, int]:
     return bounds
 
 
-def _positive(text: str) -> int:
-    """A positive integer argument."""
-    value = int(text) if text.strip().lstrip("+").isdigit() else 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _non_negative(text: str) -> int:
     """An integer argument >= 0."""
     if not text.strip().lstrip("+").isdigit():
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
     return int(text)
-
-
-def _topk(text: str) -> int | float:
-    """``--topk``: "300" (an integer) is a channel count, "0.1" a fraction of the channels."""
-    from captum_gscorecam.checks import check_topk
-
-    try:
-        value: float = int(text)
-    except ValueError:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-    try:
-        return check_topk(value)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(
-            f"expected a channel count (an integer >= 1) or a fraction of the channels in "
-            f"(0, 1], got {text!r}"
-        ) from None
-
-
-def _template(text: str) -> str:
-    """``--template``: text with one ``{}`` for the class name."""
-    from captum_gscorecam.evaluation.datasets import check_template
-
-    try:
-        return check_template(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error).partition(": ")[2]) from None
-
-
-def _device(text: str) -> str:
-    """``--device``: a torch device this machine has."""
-    import torch
-
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count()
-        if count == 0:
-            raise argparse.ArgumentTypeError(f"{text!r}: this machine has no CUDA device")
-        if device.index is not None and device.index >= count:
-            raise argparse.ArgumentTypeError(f"{text!r}: this machine has {count} CUDA device(s)")
-    elif device.type != "cpu":
-        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
-    return text
-
-
-def _out_dir(text: str) -> str:
-    """``--out``: a folder (made if missing), not a file."""
-    if Path(text).exists() and not Path(text).is_dir():
-        raise argparse.ArgumentTypeError(f"expected a folder, got the file {text!r}")
-    return text
