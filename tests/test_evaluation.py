@@ -515,3 +515,12 @@ def test_topk_defaults_to_the_towers_default(tmp_path, tokenizer):
     rn, vit = tiny_rn(), make_model()
     assert (runner.default_topk(rn), runner.default_topk(vit)) == (0.1, 0.5)
     assert evaluate_parser().parse_args(["evaluate"]).topk is None
+
+
+@pytest.mark.parametrize("make", [tiny_rn, make_model])
+def test_the_recorded_default_k_gives_the_maps_of_topk_none(make):
+    model = make()
+    images, text = images_for(model, 1), texts(1, 2)
+    share = runner.default_topk(model)
+    by_default = explain_maps(model, images, text, "gscorecam", None)
+    torch.testing.assert_close(explain_maps(model, images, text, "gscorecam", share), by_default)

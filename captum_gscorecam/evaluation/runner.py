@@ -28,8 +28,8 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from captum_gscorecam.checks import check_topk
-from captum_gscorecam.clip import CLIPSimilarity, encode_text, token_blocks
+from captum_gscorecam.checks import CONV_TOPK_SHARE, TOKEN_TOPK_SHARE, check_topk
+from captum_gscorecam.clip import CLIPSimilarity, default_layer, encode_text, token_blocks
 from captum_gscorecam.evaluation.command import add_evaluate_parser, evaluate_command
 from captum_gscorecam.evaluation.datasets import Example
 from captum_gscorecam.evaluation.metrics import (
@@ -211,8 +211,15 @@ def check_methods(methods: Sequence[str]) -> list[str]:
 
 
 def default_topk(model: nn.Module) -> float:
-    """The default k of gScoreCAM for the model's tower: 50% on ViT token layers, else 10%."""
-    return 0.5 if token_blocks(model) is not None else 0.1
+    """The share of channels gScoreCAM keeps on ``model`` when ``topk`` is None.
+
+    ``checks.default_topk``'s rule at the default layer (10% of a convolutional layer's
+    channels, 50% of a ViT token layer's), as the fraction that gives the same k (fractions
+    round up, as the rule does), so ``run.json`` records one tower-independent number.
+    """
+    blocks = token_blocks(model)
+    tokens = blocks is not None and default_layer(model) is blocks[-1]
+    return TOKEN_TOPK_SHARE if tokens else CONV_TOPK_SHARE
 
 
 def row_keys(params: MetricParams) -> tuple[str, ...]:
