@@ -56,13 +56,15 @@ def image_features(model: nn.Module, images: Tensor) -> Tensor:
 class ImageInput:
     """What a CLIP image tower takes: ``channels`` x ``size`` images of ``dtype`` on ``device``.
 
-    A field is None where the model does not say (``size``: the tower takes any size).
+    A field is None where the model does not say (``size``: the tower takes any size, with
+    sides of at least ``min_side`` pixels when that is known).
     """
 
     channels: int | None
     size: tuple[int, int] | None
     dtype: torch.dtype | None
     device: torch.device | None
+    min_side: int | None = None
 
 
 def image_input(model: nn.Module) -> ImageInput:
@@ -70,7 +72,8 @@ def image_input(model: nn.Module) -> ImageInput:
 
     open_clip ResNet and ViT towers need exactly ``visual.image_size`` (their positional
     embeddings fix the grid); a timm ViT trunk needs its ``patch_embed.img_size`` unless built
-    with ``dynamic_img_size``, other timm trunks take any size; Hugging Face towers need
+    with ``dynamic_img_size``, other timm trunks take any size down to their total stride
+    (``min_side``); Hugging Face towers need
     ``config.image_size``. The dtype and device are those of the tower's first parameter.
     Other CLIP-like models (``encode_image`` and ``logit_scale`` only) leave what they cannot
     say None.
@@ -85,7 +88,7 @@ def image_input(model: nn.Module) -> ImageInput:
     vision_model = getattr(model, "vision_model", None)
     tower = next((m for m in (visual, vision_model, model) if isinstance(m, nn.Module)), None)
     first = next(tower.parameters(), None) if tower is not None else None
-    channels, size = None, None
+    channels, size, min_side = None, None, None
     config = getattr(vision_model, "config", None)
     trunk = getattr(visual, "trunk", None)
     if isinstance(visual, nn.Module) and trunk is None:
@@ -94,8 +97,11 @@ def image_input(model: nn.Module) -> ImageInput:
     elif _is_timm_vit(trunk) and not getattr(trunk, "dynamic_img_size", False):
         channels = getattr(getattr(trunk.patch_embed, "proj", None), "in_channels", 3)
         size = getattr(trunk.patch_embed, "img_size", None)
-    elif trunk is not None:
+    elif trunk is not None:  # a timm CNN: any size down to its total stride
         channels = 3
+        info = getattr(trunk, "feature_info", None)
+        last = info[-1] if isinstance(info, list) and info else {}
+        min_side = last.get("reduction") if isinstance(last, dict) else None
     elif config is not None:
         channels = getattr(config, "num_channels", 3)
         size = getattr(config, "image_size", None)
@@ -104,6 +110,7 @@ def image_input(model: nn.Module) -> ImageInput:
         size=_pair(size) if size is not None else None,
         dtype=first.dtype if first is not None else None,
         device=first.device if first is not None else None,
+        min_side=int(min_side) if min_side else None,
     )
 
 
@@ -220,6 +227,11 @@ def model_images(model: nn.Module, images: Tensor, name: str = "images") -> Tens
         raise ValueError(
             f"{name}: the model takes {spec.size[0]} x {spec.size[1]} images (its "
             f"preprocess resizes to that), got {height} x {width}"
+        )
+    if spec.min_side is not None and min(height, width) < spec.min_side:
+        raise ValueError(
+            f"{name}: the model takes images of at least {spec.min_side} x {spec.min_side} "
+            f"pixels, got {height} x {width}"
         )
     return images.to(spec.device or images.device, spec.dtype or images.dtype)
 

@@ -607,8 +607,15 @@ def test_image_input_says_which_sizes_each_tower_takes(name):
     assert spec.size == (None if name == "timm_convnext" else (size, size))
     cam = GScoreCAM(model, default_layer(model))
     other = torch.randn(1, 3, size + 16, size + 16)
-    if spec.size is None:  # the claim "any size" holds: the tower runs
+    if spec.size is None:  # the claim "any size" holds: the tower runs, down to min_side
         assert cam.attribute(other, target=texts(1, 1), topk=4).shape[:2] == (1, 1)
+        side = spec.min_side
+        assert cam.attribute(torch.randn(1, 3, side, side + 5), target=texts(1, 1)).shape[0] == 1
+        small = torch.randn(1, 3, side - 1, 2 * side)
+        with pytest.raises(ValueError, match=f"inputs: the model takes images of at least {side}"):
+            cam.attribute(small, target=texts(1, 1))
+        with pytest.raises(RuntimeError):
+            image_features(model, small)
     else:  # and so does "only this size": the tower itself fails on another
         with pytest.raises(ValueError, match=f"inputs: the model takes {size} x {size} images"):
             cam.attribute(other, target=texts(1, 1), topk=4)
