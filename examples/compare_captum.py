@@ -21,8 +21,25 @@ from captum.attr import LayerGradCam, Occlusion
 from PIL import Image
 from quickstart import synthetic_photo
 
-from captum_gscorecam import CLIPSimilarity, GScoreCAM, default_layer, encode_text
+from captum_gscorecam import (
+    CLIPSimilarity,
+    GScoreCAM,
+    default_layer,
+    encode_text,
+    gradcam_layer,
+    grid_tap,
+)
 from captum_gscorecam.visualization import show_maps, to_image, upsample
+
+
+def gradcam(
+    model: torch.nn.Module, similarity: CLIPSimilarity, images: torch.Tensor, text: torch.Tensor
+) -> torch.Tensor:
+    """Captum's LayerGradCam at ``gradcam_layer(model)``, as a grid on ViT towers too."""
+    with grid_tap(model, gradcam_layer(model)) as layer:
+        return LayerGradCam(similarity, layer).attribute(
+            images, additional_forward_args=(text,), relu_attributions=True
+        )
 
 
 def main() -> None:
@@ -48,10 +65,8 @@ def main() -> None:
     window = size[0] // 7
 
     methods = {
-        "gScoreCAM": lambda: GScoreCAM(model, layer).attribute(images, target=text, topk=0.1),
-        "LayerGradCam": lambda: LayerGradCam(similarity, layer).attribute(
-            images, additional_forward_args=(text,), relu_attributions=True
-        ),
+        "gScoreCAM": lambda: GScoreCAM(model, layer).attribute(images, target=text),
+        "LayerGradCam": lambda: gradcam(model, similarity, images, text),
         "Occlusion": lambda: (
             Occlusion(similarity)
             .attribute(
