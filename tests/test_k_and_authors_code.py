@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import runpy
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -122,3 +125,21 @@ def test_authors_code_must_be_a_flag(rn):
     x, text = images_for(rn, 1), texts(1, 1)[:, 0]
     with pytest.raises(TypeError, match="authors_code"):
         GScoreCAM(rn, default_layer(rn)).attribute(x, target=text, topk=2, authors_code="yes")
+
+
+def test_the_authors_code_benchmark_runs(tmp_path, monkeypatch):
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))
+    out = tmp_path / "authors.md"
+    argv = ["authors_code.py", "--scenes", "1", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    threads = torch.get_num_threads()
+    try:
+        runpy.run_path(str(benchmarks / "authors_code.py"), run_name="__main__")
+    finally:
+        torch.set_num_threads(threads)
+    rows = [line.split("|") for line in out.read_text().splitlines() if line.startswith("| ")]
+    assert [row[1].strip() for row in rows[1:]] == ["trained", "random"]
+    for row in rows[1:]:
+        assert -1 <= float(row[3]) <= 1  # a correlation
+        assert 0 <= float(row[5]) <= 1  # a share of maps
