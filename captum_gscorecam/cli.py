@@ -1,5 +1,5 @@
-"""The ``gscorecam`` command: ``demo`` (offline, shapes world), ``explain`` (your photos) and
-``evaluate`` (benchmarks).
+"""The ``gscorecam`` command: ``demo`` (offline, shapes world), ``explain`` (your photos),
+``app`` (the same in a web page, ``captum_gscorecam.app``) and ``evaluate`` (benchmarks).
 
 Arguments are checked as they are parsed; torch, open_clip, Captum and matplotlib are imported
 inside the commands, so ``--help`` answers at once.
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from captum_gscorecam.app import add_app_parser
 from captum_gscorecam.method_names import METHOD_HELP, METHODS
 from captum_gscorecam.usage import (
     TOPK_DEFAULT_HELP,
@@ -178,31 +179,26 @@ def _explain_photo(
 
     matplotlib.use("Agg")
     import numpy as np
-    import torch
 
-    from captum_gscorecam.clip import CLIPSimilarity
+    from captum_gscorecam.explain import explain_photo
     from captum_gscorecam.images import read_image
-    from captum_gscorecam.methods import explain_maps
-    from captum_gscorecam.visualization import to_photo
 
     try:
         photo = read_image(path)
     except ValueError as error:  # damaged past its header, which was checked up front
         raise UsageError(str(error)) from None
-    images = preprocess(photo)[None].to(next(model.parameters()).device)
-    maps = explain_maps(
+    photo_maps, photo_scores = explain_photo(  # the function the web app calls
         model,
-        images,
-        text,
+        preprocess,
+        photo,
+        text[0],
         args.method,
         args.topk,
         show_progress=True,
         layer=layer,
         perturbations_per_eval=args.perturbations_per_eval,
     )
-    photo_maps = np.asarray(to_photo(maps[0], photo.size, preprocess), dtype=np.float32)
-    with torch.no_grad():
-        scores = CLIPSimilarity(model)(images, text)[0].tolist()
+    scores = photo_scores.tolist()
     fig = _photo_figure(photo, photo_maps, args.prompt, scores, METHODS[args.method])
     fig.savefig(figure, dpi=100)
     if args.save_maps is not None:
@@ -316,6 +312,7 @@ def parser(full: bool = True) -> argparse.ArgumentParser:
     sub = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_demo(sub)
     _add_explain(sub)
+    add_app_parser(sub)
     if full:
         from captum_gscorecam.evaluation.command import add_evaluate_parser
 

@@ -1,0 +1,304 @@
+"""``gscorecam app``: a web page (Gradio) on top of the functions the command line calls.
+
+The page is built by :func:`build_app`; gradio, torch and the model are imported or loaded only
+when it is called, never when this module is imported (the command line imports it for its
+``--help``). Gradio's analytics are switched off before it is imported: the app phones no one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import gradio as gr
+    import numpy as np
+
+__all__ = ["add_app_parser", "build_app", "parse_prompts"]
+
+# Held-out scenes (training used seeds below 10,000,000), as in ``gscorecam demo``.
+FIRST_SCENE = 10_000_000
+
+
+def parse_prompts(text: str) -> list[str]:
+    """The prompts typed in the page, one per line (commas stay inside a prompt).
+
+    Raises a ValueError naming ``prompts`` when no line has text.
+    """
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError("prompts: type at least one prompt, one per line")
+    return prompts
+
+
+def build_app(
+    model: str = "shapes-rn", pretrained: str | None = None, device: str = "cpu"
+) -> gr.Blocks:
+    """The page: a photo (uploaded or a shapes scene), prompts, method and k in;
+    overlays on the photo, the CLIP score per prompt, the time and the maps (``.npy``) out.
+
+    The model is loaded here, once (``usage.load_model``, as the command line loads it); a
+    model that cannot be loaded raises ``usage.UsageError``.
+    """
+    gr = _gradio()
+    from captum_gscorecam.methods import METHODS, applicable_methods
+    from captum_gscorecam.usage import load_model
+
+    clip, preprocess, tokenizer = load_model(model, pretrained, device)
+    explainer = _Explainer(clip, preprocess, tokenizer, device)
+    methods = applicable_methods(clip)
+    with gr.Blocks(title="gScoreCAM: what is CLIP looking at?") as page:
+        gr.Markdown(
+            f"## What is CLIP looking at?\nModel `{model}`: upload a photo or pick a shapes "
+            "scene, type prompts **one per line**, and explain."
+        )
+        with gr.Row():
+            with gr.Column(scale=2, min_width=320):
+                photo = gr.File(label="Photo", file_types=["image"], height=90, elem_id="photo")
+                preview = gr.Image(
+                    label="Your photo", interactive=False, height=180, elem_id="preview"
+                )
+                with gr.Row():
+                    seed = gr.Number(FIRST_SCENE, label="Shapes scene seed", precision=0)
+                    objects = gr.Slider(1, 6, value=3, step=1, label="Objects")
+                scene = gr.Button("Use this shapes scene", size="sm", elem_id="scene")
+                prompts = gr.Textbox(label="Prompts (one per line)", lines=3, elem_id="prompts")
+                method = gr.Dropdown(
+                    [(METHODS[m], m) for m in methods], value=methods[0], label="Method"
+                )
+                topk = gr.Textbox(
+                    "",
+                    label="k (gScoreCAM): channels kept",
+                    info="a count (300) or a fraction of the channels (0.1); empty: 10% on "
+                    "CNNs, 50% on ViTs",
+                    elem_id="topk",
+                )
+                run = gr.Button("Explain", variant="primary", elem_id="explain")
+            with gr.Column(scale=3):
+                status = gr.Markdown(elem_id="status")
+                overlays = gr.Gallery(
+                    label="Overlays on the photo",
+                    columns=3,
+                    height="auto",
+                    object_fit="contain",
+                    elem_id="overlays",
+                )
+                scores = gr.Dataframe(
+                    headers=["prompt", "CLIP score (logit_scale * cos)"],
+                    label="CLIP score per prompt",
+                    interactive=False,
+                    elem_id="scores",
+                )
+                download = gr.File(label="Maps (.npy, float32 (T, H, W), NaN where cropped)")
+
+        photo.change(explainer.preview, photo, preview, api_name="preview")
+        scene.click(explainer.scene, [seed, objects], [photo, prompts], api_name="scene")
+
+        def explain(
+            path: str | None,
+            prompts_text: str,
+            method: str,
+            topk_text: str,
+            progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 (gradio's way)
+        ) -> tuple:
+            return explainer.explain(path, prompts_text, method, topk_text, progress)
+
+        run.click(
+            explain,
+            [photo, prompts, method, topk],
+            [overlays, scores, status, download],
+            api_name="explain",
+        )
+    return page
+
+
+class _Explainer:
+    """The page's callbacks around one loaded model; library calls only."""
+
+    def __init__(self, model: Any, preprocess: Any, tokenizer: Any, device: str) -> None:
+        self.model, self.preprocess, self.tokenizer = model, preprocess, tokenizer
+        self.device = device
+        self.folder = Path(tempfile.mkdtemp(prefix="gscorecam-app-"))
+
+    def preview(self, path: str | None) -> np.ndarray | None:
+        """The uploaded photo as the model will read it, or the reason it cannot be read."""
+        if path is None:
+            return None
+        import numpy as np
+
+        try:
+            return np.asarray(_read(path))
+        except ValueError as error:
+            raise _gradio().Error(str(error)) from None
+
+    def scene(self, seed: float, objects: float) -> tuple[str, str]:
+        """A held-out shapes scene written as a PNG, and its captions as the prompts."""
+        from PIL import Image
+
+        from captum_gscorecam.shapes import render_scene
+
+        try:
+            drawn = render_scene(int(seed), int(objects))
+        except (ValueError, TypeError) as error:
+            raise _gradio().Error(str(error)) from None
+        path = self.folder / f"scene-{int(seed)}-{int(objects)}.png"
+        Image.fromarray(drawn.image).save(path)
+        return str(path), "\n".join(drawn.captions)
+
+    def explain(
+        self,
+        path: str | None,
+        prompts_text: str,
+        method: str,
+        topk_text: str,
+        progress: gr.Progress,
+    ) -> tuple[list[tuple[np.ndarray, str]], list[list[Any]], str, str]:
+        """Overlays, scores, a status line and the ``.npy`` path; bad input raises gr.Error."""
+        import numpy as np
+
+        from captum_gscorecam.clip import encode_text
+        from captum_gscorecam.explain import explain_photo
+        from captum_gscorecam.visualization import overlay
+
+        try:
+            if path is None:
+                raise ValueError("photo: upload a photo or pick a shapes scene first")
+            prompts = parse_prompts(prompts_text or "")
+            topk = _topk(topk_text)
+            photo = _read(path)
+            progress(0, desc="explaining")
+            start = time.perf_counter()
+            text = encode_text(self.model, self.tokenizer, prompts)
+            maps, scores = explain_photo(
+                self.model, self.preprocess, photo, text, method, topk, show_progress=True
+            )
+            seconds = time.perf_counter() - start
+        except (ValueError, TypeError) as error:
+            raise _gradio().Error(str(error)) from None
+        gallery = [
+            (_uint8(overlay(photo, saliency)), f"{prompt}: {score:.2f}")
+            for saliency, prompt, score in zip(maps, prompts, scores, strict=True)
+        ]
+        out = Path(tempfile.mkdtemp(dir=self.folder)) / "gscorecam-maps.npy"
+        np.save(out, maps)
+        rows = [[p, round(float(s), 2)] for p, s in zip(prompts, scores, strict=True)]
+        return gallery, rows, _status(method, len(prompts), seconds), str(out)
+
+
+def _status(method: str, prompts: int, seconds: float) -> str:
+    """What ran and how long it took, e.g. "gScoreCAM on 2 prompts: 1.2 s"."""
+    from captum_gscorecam.methods import METHODS
+
+    plural = "s" if prompts > 1 else ""
+    return f"{METHODS[method]} on {prompts} prompt{plural}: **{seconds:.2f} s**"
+
+
+def _read(path: str) -> Any:
+    """``images.read_image``, the command line's reader; errors name the file, not its path."""
+    from captum_gscorecam.images import read_image
+
+    try:
+        return read_image(path)
+    except ValueError as error:
+        raise ValueError(str(error).replace(str(path), Path(path).name)) from None
+
+
+def _topk(text: str) -> int | float | None:
+    """The k typed in the page: empty is the default (None), else a count or a fraction."""
+    from captum_gscorecam.checks import check_topk
+
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(
+            f"k: expected a channel count (300) or a fraction of the channels (0.1), got {text!r}"
+        ) from None
+    return check_topk(int(value) if value > 1 and value.is_integer() else value, "k")
+
+
+def _uint8(image: np.ndarray) -> np.ndarray:
+    import numpy as np
+
+    return np.rint(image * 255).astype(np.uint8)
+
+
+def _gradio() -> Any:
+    """gradio, imported with its analytics off, or a usage error naming the extra."""
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    try:
+        import gradio
+    except ImportError:
+        from captum_gscorecam.usage import UsageError
+
+        raise UsageError("the web app needs gradio: pip install 'captum-gscorecam[app]'") from None
+    return gradio
+
+
+def serve(args: argparse.Namespace) -> None:
+    """``gscorecam app``: build the page and serve it until interrupted."""
+    from captum_gscorecam.usage import UsageError, resolve_device
+
+    _gradio()  # before the model loads: a missing extra is said at once
+    device = resolve_device(args.device)
+    page = build_app(args.model, args.pretrained, device)
+    try:
+        page.launch(
+            server_name=args.host, server_port=args.port, prevent_thread_lock=True, quiet=True
+        )
+    except OSError as error:
+        raise UsageError(
+            f"argument --port: cannot serve on {args.host}:{args.port} "
+            f"({str(error).splitlines()[0]}); pick another port"
+        ) from None
+    print(f"serving {args.model} on http://{args.host}:{args.port} (Ctrl+C to stop)", flush=True)
+    page.block_thread()
+
+
+def _port_arg(text: str) -> int:
+    """``--port``: a TCP port, 1 to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {text!r}")
+    return value
+
+
+def add_app_parser(sub: Any) -> None:
+    """Register ``app`` on the ``gscorecam`` subcommands (no gradio, no torch imported)."""
+    from captum_gscorecam.usage import device_arg
+
+    a = sub.add_parser(
+        "app",
+        help="serve a web page to explain photos (needs the [app] extra)",
+        description=textwrap.fill(
+            "Serve a web page (Gradio) to explain an uploaded photo or a shapes scene against "
+            "prompts typed one per line. The model is loaded once, at start; Gradio's "
+            "analytics are off.",
+            80,
+        ),
+    )
+    a.add_argument(
+        "--model", default="shapes-rn", help="shapes-rn, shapes-vit, an open_clip name, hf:REPO"
+    )
+    a.add_argument("--pretrained", default=None, help="open_clip tag (openai) or checkpoint file")
+    a.add_argument(
+        "--device",
+        type=device_arg,
+        default="auto",
+        help="auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps",
+    )
+    a.add_argument(
+        "--host", default="127.0.0.1", help="address to serve on; 0.0.0.0 serves other machines"
+    )
+    a.add_argument("--port", type=_port_arg, default=7860, help="TCP port")
+    a.set_defaults(run=serve)
