@@ -84,7 +84,7 @@ def build_app(
                 overlays = gr.Gallery(
                     label="Overlays on the photo",
                     columns=3,
-                    height="auto",
+                    height=270,
                     object_fit="contain",
                     elem_id="overlays",
                 )
