@@ -7,6 +7,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+from types import SimpleNamespace
+
 import numpy as np
 import open_clip
 import pytest
@@ -21,7 +23,7 @@ from PIL import Image
 from torchvision import transforms
 
 from captum_gscorecam import CLIPSimilarity, default_layer, gradcam_layer, grid_tap
-from captum_gscorecam.clip import token_blocks
+from captum_gscorecam.clip import hf_preprocess, token_blocks
 from captum_gscorecam.shapes.models import make_preprocess
 from captum_gscorecam.visualization import captum_map, no_crop, overlay, to_photo
 
@@ -149,6 +151,34 @@ def test_hf_style_resize_and_crop_with_v2_transforms():
     assert columns[:16].all()
     assert columns[48:].all()
     assert not columns[16:48].any()
+
+
+def test_a_hugging_face_processor_through_hf_preprocess():
+    processor = SimpleNamespace(
+        do_resize=True,
+        size={"shortest_edge": 32},
+        resample=3,
+        do_center_crop=True,
+        crop_size={"height": 32, "width": 32},
+        do_normalize=True,
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
+    )
+    preprocess = hf_preprocess(processor)
+    placed = to_photo(torch.ones(1, 4, 4), (32, 64), preprocess)  # a tall photo
+    rows = np.isnan(placed[0]).all(axis=1)
+    assert rows[:16].all()
+    assert rows[48:].all()
+    assert not rows[16:48].any()
+    assert not np.isnan(to_photo(torch.ones(1, 4, 4), (32, 64), no_crop(preprocess))).any()
+
+
+def test_open_clip_resize_modes():
+    squash = open_clip.image_transform(64, is_train=False, resize_mode="squash")
+    assert not np.isnan(to_photo(np.ones((1, 4, 4)), (128, 64), squash)).any()
+    longest = open_clip.image_transform(64, is_train=False, resize_mode="longest")
+    with pytest.raises(ValueError, match="preprocess: cannot undo its ResizeKeepRatio"):
+        to_photo(np.ones((1, 4, 4)), (128, 64), longest)
 
 
 @settings(max_examples=25, deadline=None)
