@@ -401,9 +401,9 @@ def check_inputs(inputs: Tensor | tuple[Tensor]) -> Tensor:
         inputs = inputs[0]
     if not isinstance(inputs, Tensor) or inputs.dim() != 4 or not inputs.is_floating_point():
         got = (
-            f"{inputs.dtype} tensor of shape {tuple(inputs.shape)}"
-            if isinstance(inputs, Tensor)
-            else type(inputs).__name__
+            f"a tuple of {len(inputs)} (these methods take one image tensor)"
+            if isinstance(inputs, tuple)
+            else describe(inputs)
         )
         raise ValueError(f"inputs: expected a 4-D float tensor (N, 3, H, W), got {got}")
     if inputs.shape[0] == 0:
