@@ -370,3 +370,10 @@ def test_an_image_of_another_size_than_annotated_is_an_error(coco):
     )
     with pytest.raises(ValueError, match=r"is 20 x 10 on disk, the annotation says 64 x 64"):
         coco_examples(root, SIZE)
+
+
+def test_a_folder_in_use_is_refused_before_the_model_loads(tmp_path, capsys, no_model):
+    with locked(tmp_path):
+        line = refused(["evaluate", "--device", "cpu", "--out", str(tmp_path)], capsys)
+    assert "out: " in line
+    assert "in use by another evaluate run (pid" in line

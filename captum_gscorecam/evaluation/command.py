@@ -8,6 +8,7 @@ loads and before anything is written: a bad value is one line naming the option,
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -123,7 +124,7 @@ def evaluate_command(args: argparse.Namespace) -> None:
         rank_and_world,
         run_config,
     )
-    from captum_gscorecam.evaluation.store import check_resumable
+    from captum_gscorecam.evaluation.store import check_resumable, locked
     from captum_gscorecam.methods import applicable_methods, check_method
     from captum_gscorecam.usage import UsageError, check_model, load_model, resolve_device
 
@@ -135,6 +136,9 @@ def evaluate_command(args: argparse.Namespace) -> None:
     try:
         run = _run_description(args)
         coco = _coco_images(args, run)
+        if Path(args.out).is_dir() and os.environ.get("RANK", "0") == "0":
+            with locked(args.out):  # in use: refused now, not after loading the model
+                pass
     except ValueError as error:
         raise UsageError(str(error)) from None
     device = init_distributed(resolve_device(args.device))
