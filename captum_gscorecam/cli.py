@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from captum_gscorecam.app import add_app_parser
+from captum_gscorecam.evaluation.command import add_evaluate_parser
 from captum_gscorecam.method_names import METHOD_HELP, METHODS
 from captum_gscorecam.usage import (
     TOPK_DEFAULT_HELP,
@@ -39,7 +40,6 @@ from captum_gscorecam.usage import (
 __all__ = ["main", "parser"]
 
 DEMO_METHODS = ("gscorecam", "scorecam", "gradcam")
-EVALUATE_HELP = "compare explainers on a localization benchmark"
 # Methods that take --layer, and those that take --perturbations-per-eval.
 LAYER_METHODS = ("gscorecam", "scorecam", "gradcam")
 BATCHED_METHODS = ("gscorecam", "scorecam", "occlusion")
@@ -306,19 +306,14 @@ def _method_list() -> str:
     return "\n".join(f"  {name:<{width}}  {line}" for name, line in METHOD_HELP.items())
 
 
-def parser(full: bool = True) -> argparse.ArgumentParser:
-    """The ``gscorecam`` argument parser (``full=False``: ``evaluate`` without its options)."""
+def parser() -> argparse.ArgumentParser:
+    """The ``gscorecam`` argument parser."""
     root = Parser(prog="gscorecam", description="What is CLIP looking at?")
     sub = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_demo(sub)
     _add_explain(sub)
     add_app_parser(sub)
-    if full:
-        from captum_gscorecam.evaluation.command import add_evaluate_parser
-
-        add_evaluate_parser(sub)
-    else:
-        sub.add_parser("evaluate", help=EVALUATE_HELP, add_help=False)
+    add_evaluate_parser(sub)
     return root
 
 
@@ -436,8 +431,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; a usage error prints one line and returns 2."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser(full=argv[:1] == ["evaluate"]).parse_args(argv)
+    args = parser().parse_args(argv)
     try:
         args.run(args)
     except UsageError as error:

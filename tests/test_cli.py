@@ -375,11 +375,11 @@ def test_help_shows_every_default_and_the_methods(capsys):
 
 
 def test_help_does_not_import_torch():
-    """``gscorecam --help`` and ``explain --help`` build their parsers without the heavy imports."""
+    """``gscorecam --help`` and each command's ``--help`` need none of the heavy imports."""
     code = (
         "import sys\n"
         "from captum_gscorecam.cli import main\n"
-        "for argv in (['--help'], ['explain', '--help'], ['demo', '--help']):\n"
+        "for argv in (['--help'], ['explain', '--help'], ['demo', '--help'], ['evaluate', '-h']):\n"
         "    try:\n"
         "        main(argv)\n"
         "    except SystemExit:\n"
