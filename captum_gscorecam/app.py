@@ -52,7 +52,8 @@ def build_app(
     clip, preprocess, tokenizer = load_model(model, pretrained, device)
     explainer = _Explainer(clip, preprocess, tokenizer, device)
     methods = applicable_methods(clip)
-    with gr.Blocks(title="gScoreCAM: what is CLIP looking at?") as page:
+    # Gradio keeps a copy of every returned file (overlays, maps); drop those over an hour old.
+    with gr.Blocks(title="gScoreCAM: what is CLIP looking at?", delete_cache=(3600, 3600)) as page:
         gr.Markdown(
             f"## What is CLIP looking at?\nModel `{model}`: upload a photo or pick a shapes "
             "scene, type prompts **one per line**, and explain."
@@ -184,7 +185,7 @@ class _Explainer:
             (_uint8(overlay(photo, saliency)), f"{prompt}: {score:.2f}")
             for saliency, prompt, score in zip(maps, prompts, scores, strict=True)
         ]
-        out = Path(tempfile.mkdtemp(dir=self.folder)) / "gscorecam-maps.npy"
+        out = self.folder / "gscorecam-maps.npy"  # one request at a time; Gradio copies it
         np.save(out, maps)
         rows = [[p, round(float(s), 2)] for p, s in zip(prompts, scores, strict=True)]
         return gallery, rows, _status(method, len(prompts), seconds), str(out)
