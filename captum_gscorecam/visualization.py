@@ -95,8 +95,8 @@ def captum_map(attr: Tensor | np.ndarray) -> np.ndarray:
     """One map ``(H, W)``, ``(1, H, W)`` or ``(1, 1, H, W)`` as the ``(H, W, 1)`` numpy array
     ``captum.attr.visualization.visualize_image_attr`` reads (channels last).
 
-    Given ``(1, H, W)`` directly, Captum takes H as the image height, W... as channels, and draws
-    a strip; this puts the axes where it expects them.
+    Given ``(1, H, W)`` directly, Captum reads an image one pixel high and H wide with W
+    channels, and silently draws a one-pixel strip; this puts the axes where it expects them.
     """
     array = _numpy(attr, "attr")
     while array.ndim > 2 and array.shape[0] == 1:
@@ -193,7 +193,10 @@ def _axes(photo_size: tuple[int, int], preprocess: Any) -> tuple[_Axis, _Axis]:
     if (
         not isinstance(photo_size, (tuple, list))
         or len(photo_size) != 2
-        or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in photo_size)
+        or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
+            for v in photo_size
+        )
     ):
         raise ValueError(
             f"photo_size: expected PIL's (width, height), two ints >= 1, got {photo_size!r}"
