@@ -524,3 +524,18 @@ def test_the_recorded_default_k_gives_the_maps_of_topk_none(make):
     share = runner.default_topk(model)
     by_default = explain_maps(model, images, text, "gscorecam", None)
     torch.testing.assert_close(explain_maps(model, images, text, "gscorecam", share), by_default)
+
+
+def test_a_further_setting_is_recorded_described_and_binding(tmp_path):
+    from captum_gscorecam.evaluation.report import markdown
+    from captum_gscorecam.evaluation.store import append_record, check_resumable
+
+    plain = runner.run_config({"model": "m"}, ["uniform"], 0.1, MetricParams())
+    config = runner.run_config({"model": "m"}, ["uniform"], 0.1, MetricParams(), precision="bf16")
+    assert config == plain | {"precision": "bf16"}
+    results = {"config": config, "images": 0, "examples": 0, "summary": {}, "by_objects": {}}
+    assert "topk=0.1, precision=bf16" in markdown(results)
+    append_record(tmp_path / "results.jsonl", config, "1", [])
+    check_resumable(tmp_path, config)
+    with pytest.raises(ValueError, match="other settings"):
+        check_resumable(tmp_path, plain)

@@ -104,10 +104,19 @@ class MetricParams:
 
 
 def run_config(
-    run: Mapping[str, object], methods: Sequence[str], topk: int | float, params: MetricParams
+    run: Mapping[str, object],
+    methods: Sequence[str],
+    topk: int | float,
+    params: MetricParams,
+    **settings: object,
 ) -> dict[str, object]:
-    """The settings that make results comparable, as plain JSON data; a resumed run must match."""
-    config = {"run": dict(run), "methods": list(methods), "topk": topk, "metrics": asdict(params)}
+    """The settings that make results comparable, as plain JSON data; a resumed run must match.
+
+    ``settings`` are further explainer settings (keyword -> JSON value), each a top-level key
+    of ``run.json``, named in ``results.md`` and part of the digest on every result line.
+    """
+    config = {"run": dict(run), "methods": list(methods), "topk": topk, **settings}
+    config["metrics"] = asdict(params)
     return json.loads(json.dumps(config))
 
 
