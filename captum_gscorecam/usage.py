@@ -45,7 +45,6 @@ __all__ = [
     "hub_reachable",
     "layer_arg",
     "load_model",
-    "parse_topk",
     "perturbations_arg",
     "prompt_arg",
     "resolve_device",
@@ -114,8 +113,6 @@ def topk_arg(text: str) -> int | float:
     """``--topk``: ``300`` is a channel count, ``0.1`` a fraction of the channels in (0, 1]."""
     return _checked(check_topk, _number(text))
 
-
-parse_topk = topk_arg
 
 
 def perturbations_arg(text: str) -> int:
