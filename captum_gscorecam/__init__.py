@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from captum_gscorecam.attribution import GScoreCAM, ScoreCAM
     from captum_gscorecam.clip import (
         CLIPSimilarity,
+        ZeroShotClassifier,
         default_layer,
         encode_text,
         gradcam_layer,
@@ -26,6 +27,7 @@ _EXPORTS = {
     "GScoreCAM": "captum_gscorecam.attribution",
     "HilaCAM": "captum_gscorecam.hila",
     "ScoreCAM": "captum_gscorecam.attribution",
+    "ZeroShotClassifier": "captum_gscorecam.clip",
     "default_layer": "captum_gscorecam.clip",
     "encode_text": "captum_gscorecam.clip",
     "gradcam_layer": "captum_gscorecam.clip",
@@ -37,6 +39,7 @@ __all__ = [
     "GScoreCAM",
     "HilaCAM",
     "ScoreCAM",
+    "ZeroShotClassifier",
     "default_layer",
     "encode_text",
     "gradcam_layer",

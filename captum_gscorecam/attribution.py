@@ -21,6 +21,7 @@ from captum_gscorecam.clip import (
     CustomGrid,
     LayerGrid,
     TextScorer,
+    ZeroShotClassifier,
     is_clip_model,
 )
 from captum_gscorecam.clip import model_images as clip_model_images
@@ -326,7 +327,7 @@ def model_of(forward_func: Callable[..., Tensor]) -> nn.Module | None:
 
     None for a plain callable, whose model cannot be seen.
     """
-    if isinstance(forward_func, CLIPSimilarity):
+    if isinstance(forward_func, CLIPSimilarity | ZeroShotClassifier):
         return forward_func.model
     if isinstance(forward_func, nn.Module):
         return forward_func
@@ -337,11 +338,11 @@ def model_of(forward_func: Callable[..., Tensor]) -> nn.Module | None:
 def model_images(forward_func: Callable[..., Tensor], images: Tensor) -> Tensor:
     """The images as ``forward_func`` takes them, usable by autograd.
 
-    For a CLIP model: checked against the tower's channels and size and converted to its
+    For a CLIP model (or its CLIPSimilarity / ZeroShotClassifier): checked against the tower's channels and size and converted to its
     dtype and device (:func:`~captum_gscorecam.clip.model_images`). Images made under
     ``torch.inference_mode`` are copied (autograd cannot record them).
     """
-    if isinstance(forward_func, CLIPSimilarity):
+    if isinstance(forward_func, CLIPSimilarity | ZeroShotClassifier):
         images = clip_model_images(forward_func.model, images, "inputs")
     return images.clone() if images.is_inference() else images
 

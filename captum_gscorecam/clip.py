@@ -22,6 +22,7 @@ __all__ = [
     "CLIPSimilarity",
     "ImageInput",
     "LayerGrid",
+    "ZeroShotClassifier",
     "default_layer",
     "encode_text",
     "gradcam_layer",
@@ -162,9 +163,12 @@ class CLIPSimilarity(nn.Module):
         """L2-normalised image embeddings, ``(N, D)``.
 
         On CPU the images enter the tower channels-last: same values up to float rounding,
-        and about 0.75x the time of an RN50's forward pass (no change for ViTs; README).
+        and about 0.75x the time of an RN50's forward pass (no change for ViTs; README). Not
+        when the images need a gradient: it would come back channels-last, whose strides
+        break Captum's ``.view`` calls (``sensitivity_max``).
         """
-        if images.device.type == "cpu" and images.dim() == 4:
+        needs_grad = images.requires_grad and torch.is_grad_enabled()
+        if images.device.type == "cpu" and images.dim() == 4 and not needs_grad:
             images = images.contiguous(memory_format=torch.channels_last)
         return F.normalize(image_features(self.model, images).float(), dim=-1)
 
@@ -700,3 +704,66 @@ def grid_tap(model: nn.Module, layer: nn.Module) -> Iterator[nn.Module]:
         yield tap
     finally:
         handle.remove()
+
+
+class ZeroShotClassifier(nn.Module):
+    r"""A CLIP model as a zero-shot classifier over K prompts: ``(N, K)`` logits.
+
+    ``forward(images)[n, k] = logit_scale * cos(encode_image(images)[n], text_emb[k])``
+
+    Integer targets pick a prompt, so the module works unchanged wherever a classifier is
+    expected: our methods (``GScoreCAM(clf, layer).attribute(images, target=k)``), Captum's
+    methods and metrics, Quantus, and pytorch-grad-cam with ``ClassifierOutputTarget(k)``.
+    Prefer it to a text-embedding ``additional_forward_args`` inside Captum: Captum expands
+    per-example arguments (IntegratedGradients' steps, perturbation batches), which a ``(D,)``
+    embedding shared by all images does not survive unambiguously.
+
+    Example::
+
+        >>> clf = ZeroShotClassifier(model, encode_text(model, tokenizer, ["a dog", "a cat"]))
+    """
+
+    def __init__(self, model: nn.Module, text_emb: Tensor) -> None:
+        r"""
+        Args:
+
+            model (torch.nn.Module): A CLIP model (open_clip's CLIP, transformers'
+                        ``CLIPModel`` or ``SiglipModel``) or its :class:`CLIPSimilarity`.
+            text_emb (Tensor): The prompts' text embeddings ``(K, D)``, K >= 1, e.g. from
+                        :func:`encode_text`; ``(D,)`` is one prompt (K = 1). They are
+                        normalised here and kept as a buffer (fixed, not trained).
+        """
+        super().__init__()
+        similarity = model if isinstance(model, CLIPSimilarity) else CLIPSimilarity(model)
+        if not isinstance(text_emb, Tensor) or not text_emb.is_floating_point():
+            got = f"a {text_emb.dtype} tensor" if isinstance(text_emb, Tensor) else type(text_emb)
+            raise TypeError(f"text_emb: expected a floating-point tensor (K, D), got {got}")
+        if text_emb.dim() == 1:
+            text_emb = text_emb[None]
+        if text_emb.dim() != 2 or text_emb.shape[0] == 0 or text_emb.shape[1] == 0:
+            raise ValueError(
+                f"text_emb: expected K >= 1 text embeddings (K, D) or one (D,), "
+                f"got shape {tuple(text_emb.shape)}"
+            )
+        if not bool(torch.isfinite(text_emb).all()):
+            raise ValueError("text_emb: contains NaN or infinite values")
+        if not bool((text_emb.norm(dim=-1) > 0).all()):
+            raise ValueError("text_emb: an embedding of norm 0 has no direction to compare")
+        self.similarity = similarity
+        self.register_buffer("text_emb", F.normalize(text_emb.detach().float(), dim=-1))
+
+    @property
+    def model(self) -> nn.Module:
+        """The CLIP model (its image tower holds the layers to explain)."""
+        return self.similarity.model
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Logits ``(N, K)``: ``logit_scale * cos(image embedding, text_emb[k])``."""
+        image_emb = self.similarity.embed_images(images)
+        if image_emb.shape[-1] != self.text_emb.shape[-1]:
+            raise ValueError(
+                f"text_emb: width {self.text_emb.shape[-1]} does not match the image "
+                f"embedding width {image_emb.shape[-1]}"
+            )
+        text = self.text_emb.to(image_emb.device, image_emb.dtype)
+        return self.similarity.logit_scale.to(image_emb.dtype) * image_emb @ text.T

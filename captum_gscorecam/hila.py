@@ -26,7 +26,13 @@ from torch import Tensor, nn
 
 from captum_gscorecam.attribution import check_inputs, make_scorer, model_images, model_of
 from captum_gscorecam.checks import describe
-from captum_gscorecam.clip import CLIPSimilarity, LayerGrid, is_clip_model, token_blocks
+from captum_gscorecam.clip import (
+    CLIPSimilarity,
+    LayerGrid,
+    ZeroShotClassifier,
+    is_clip_model,
+    token_blocks,
+)
 from captum_gscorecam.engine import exclusive, restored
 
 __all__ = ["HilaCAM", "explicit_attention"]
@@ -52,7 +58,7 @@ class HilaCAM(GradientAttribution):
 
             forward_func (Callable or torch.nn.Module): A CLIP model with a ViT image tower
                         (open_clip or Hugging Face; wrapped in :class:`CLIPSimilarity`), or
-                        a ``CLIPSimilarity`` of one.
+                        a ``CLIPSimilarity`` or ``ZeroShotClassifier`` of one.
             blocks (sequence of torch.nn.Module, optional): The attention blocks, first to
                         last, each with an ``attn`` ``nn.MultiheadAttention`` (open_clip) or
                         a Hugging Face ``self_attn``.
@@ -61,10 +67,10 @@ class HilaCAM(GradientAttribution):
         """
         if is_clip_model(forward_func):
             forward_func = CLIPSimilarity(forward_func)
-        if not isinstance(forward_func, CLIPSimilarity):
+        if not isinstance(forward_func, CLIPSimilarity | ZeroShotClassifier):
             raise TypeError(
                 "forward_func: expected a CLIP model with a ViT image tower (or its "
-                f"CLIPSimilarity), got {type(forward_func).__name__}"
+                f"CLIPSimilarity or ZeroShotClassifier), got {type(forward_func).__name__}"
             )
         model = forward_func.model
         if blocks is None:

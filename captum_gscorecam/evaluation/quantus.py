@@ -1,0 +1,98 @@
+"""Quantus interop: our explainers as a Quantus ``explain_func``.
+
+Quantus metrics take ``model, x_batch, y_batch`` (numpy) and call
+``explain_func(model=model, inputs=x_batch, targets=y_batch, **explain_func_kwargs)``, which must
+return one map per input at the input's resolution, ``(N, 1, H, W)``. With ``model`` a
+:class:`~captum_gscorecam.clip.ZeroShotClassifier`, ``targets`` are prompt indices::
+
+    import quantus
+    from captum_gscorecam.evaluation.quantus import explain_func
+
+    metric = quantus.PointingGame()
+    scores = metric(model=clf, x_batch=x, y_batch=y, s_batch=masks,
+                    explain_func=explain_func, explain_func_kwargs={"method": "gscorecam"})
+
+The maps are exactly those of the command line and ``evaluate`` (``methods.explain_maps`` for the
+prompt ``text_emb[target]`` of each image), upsampled bilinearly like theirs. Quantus randomises
+or perturbs its own copy of the model and passes that copy, so nothing is cached here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from captum_gscorecam.clip import ZeroShotClassifier
+from captum_gscorecam.methods import METHODS, explain_maps
+from captum_gscorecam.visualization import upsample
+
+__all__ = ["explain_func"]
+
+
+def explain_func(
+    model: ZeroShotClassifier,
+    inputs: np.ndarray | Tensor,
+    targets: np.ndarray | Tensor | int | list[int],
+    method: str = "gscorecam",
+    topk: int | float = 300,
+    device: str | torch.device | None = None,
+) -> np.ndarray:
+    r"""Maps ``(N, 1, H, W)`` float32 of one method, for Quantus.
+
+    Args:
+
+        model (ZeroShotClassifier): The classifier Quantus evaluates (its copy, for the
+                    randomisation tests).
+        inputs (np.ndarray or Tensor): Preprocessed images ``(N, 3, H, W)``.
+        targets (np.ndarray, Tensor, int or list[int]): The prompt index of each image
+                    (``N`` of them) or one for all.
+        method (str, optional): A key of ``methods.METHODS``: ``gscorecam``, ``scorecam``,
+                    ``hilacam`` (ViT towers), Captum's ``gradcam`` (LayerGradCam),
+                    ``occlusion``, ``integrated_gradients``, ``saliency``, or ``uniform``.
+                    Default: "gscorecam"
+        topk (int or float, optional): gScoreCAM's channel count or fraction of channels.
+                    Default: 300
+        device (str or torch.device, optional): Where to run (Quantus passes its ``device``).
+                    Default: None (the model's device)
+
+    Returns:
+        *np.ndarray* ``(N, 1, H, W)`` float32: CAMs upsampled bilinearly from the layer's
+        grid; pixel methods summed over colour channels.
+    """
+    if not isinstance(model, ZeroShotClassifier):
+        raise TypeError(
+            "model: expected a ZeroShotClassifier (a CLIP model over K prompts), "
+            f"got {type(model).__name__}"
+        )
+    if method not in METHODS:
+        raise ValueError(f"method: unknown method {method!r}; expected one of {list(METHODS)}")
+    if device is None:
+        device = model.text_emb.device
+    images = torch.as_tensor(inputs, device=device)
+    if images.dim() != 4 or not images.is_floating_point():
+        raise ValueError(
+            "inputs: expected float images (N, 3, H, W), "
+            f"got {images.dtype} of shape {tuple(images.shape)}"
+        )
+    images = images.float()
+    index = _prompt_index(targets, images.shape[0], model.text_emb.shape[0])
+    text = model.text_emb.to(device)[index.to(device)][:, None]  # (N, 1, D)
+    with torch.enable_grad():
+        maps = explain_maps(model.model, images, text, method, topk)
+    return upsample(maps, tuple(images.shape[-2:])).astype(np.float32)
+
+
+def _prompt_index(targets: object, n: int, k: int) -> Tensor:
+    """``targets`` as ``N`` prompt indices in ``[0, K)``."""
+    index = torch.as_tensor(np.asarray(targets) if isinstance(targets, list) else targets)
+    if index.is_floating_point() or index.dtype == torch.bool or index.is_complex():
+        raise TypeError(f"targets: expected integer prompt indices, got {index.dtype}")
+    index = index.reshape(-1).long().cpu()
+    if index.numel() == 1:
+        index = index.expand(n)
+    if index.numel() != n:
+        raise ValueError(f"targets: expected 1 or {n} prompt indices, got {index.numel()}")
+    if bool(((index < 0) | (index >= k)).any()):
+        raise ValueError(f"targets: prompt indices must lie in [0, {k - 1}], got {index.tolist()}")
+    return index
