@@ -153,44 +153,42 @@ def run_scene(
     tokenizer: object,
     seed: int,
     objects: tuple[int, int],
-    methods: Sequence[str],
+    method: str,
     topk: float,
-) -> dict[str, dict[str, float]]:
-    """MPRT similarities ``{method: {layer: spearman}}`` for one scene's example."""
+) -> dict[str, float]:
+    """MPRT similarities ``{layer: spearman}`` of one method for one scene's example."""
     low, high = objects
     scene = render_scene(seed, low + seed % (high - low + 1), 224)
     clf = ZeroShotClassifier(model, encode_text(model, tokenizer, scene.captions))
     x = preprocess(scene.image)[None].numpy()
     y = np.array([seed % len(scene.captions)])
-    out = {}
-    for method in methods:
-        metric = quantus.MPRT(
-            similarity_func=spearman, layer_order="top_down", seed=SEED, disable_warnings=True
-        )
-        start = time.perf_counter()
-        scores = metric(
-            model=clf,
-            x_batch=x,
-            y_batch=y,
-            explain_func=explain_or_nan,
-            explain_func_kwargs={"method": method, "topk": topk},
-            batch_size=len(x),
-        )
-        out[method] = {layer: float(values[0]) for layer, values in scores.items()}
-        out[method]["seconds"] = time.perf_counter() - start
+    metric = quantus.MPRT(
+        similarity_func=spearman, layer_order="top_down", seed=SEED, disable_warnings=True
+    )
+    start = time.perf_counter()
+    scores = metric(
+        model=clf,
+        x_batch=x,
+        y_batch=y,
+        explain_func=explain_or_nan,
+        explain_func_kwargs={"method": method, "topk": topk},
+        batch_size=len(x),
+    )
+    out = {layer: float(values[0]) for layer, values in scores.items()}
+    out["seconds"] = time.perf_counter() - start
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="rn,vit", help="shapes towers, comma-separated")
+    parser.add_argument("--methods", default=None, help="default: all that apply")
     parser.add_argument("--scenes", type=int, default=100)
-    parser.add_argument(
-        "--start", type=int, default=0, help="first scene to run (to split a run across processes)"
-    )
+    parser.add_argument("--start", type=int, default=0, help="first scene to run (split runs)")
     parser.add_argument("--objects", default="3-6", help="objects per scene, LOW-HIGH")
     parser.add_argument("--topk", type=float, default=0.1, help="gScoreCAM's share of channels")
     parser.add_argument("--work", default="sanity-work", help="per-scene results (resumable)")
+    parser.add_argument("--table-only", action="store_true", help="report what --work holds")
     parser.add_argument("--out", default=None, help="the table (.md); the figure goes beside")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -208,25 +206,25 @@ def main() -> None:
         )
         path = work / f"shapes-{tower}.jsonl"
         done = _read(path)
+        run = methods if args.methods is None else args.methods.split(",")
         with grouped_cascade(groups):
-            for seed in seeds[args.start :]:
-                if str(seed) in done:
-                    continue
-                record = run_scene(model, preprocess, tokenizer, seed, objects, methods, args.topk)
-                done[str(seed)] = record
-                with path.open("a") as file:
-                    file.write(json.dumps({"seed": seed, "scores": record}) + "\n")
-                print(
-                    f"shapes-{tower} scene {seed}: "
-                    + ", ".join(f"{m} {r['seconds']:.1f}s" for m, r in record.items()),
-                    flush=True,
-                )
+            for seed in [] if args.table_only else seeds[args.start :]:
+                for method in run:
+                    if str(seed) in done.get(method, {}):
+                        continue
+                    record = run_scene(
+                        model, preprocess, tokenizer, seed, objects, method, args.topk
+                    )
+                    with path.open("a") as file:
+                        file.write(
+                            json.dumps({"seed": seed, "method": method, "scores": record}) + "\n"
+                        )
+                    print(f"shapes-{tower} {seed} {method}: {record['seconds']:.1f}s", flush=True)
         done = _read(path)  # with the scenes of other processes
-        missing = [seed for seed in seeds if str(seed) not in done]
-        if missing:
-            print(f"shapes-{tower}: {len(missing)} scenes not done yet; no table", flush=True)
-            return
-        records = [done[str(seed)] for seed in seeds]
+        records = {
+            method: [done[method][str(seed)] for seed in seeds if str(seed) in done.get(method, {})]
+            for method in methods
+        }
         results[tower] = (["original", *[label for label, _ in groups]], methods, records)
     table = _table(results, args)
     emit(table, args.out)
@@ -235,14 +233,24 @@ def main() -> None:
 
 
 def _read(path: Path) -> dict[str, dict[str, dict[str, float]]]:
+    """``{method: {seed: {layer: similarity}}}`` from the per-scene lines."""
+    done: dict[str, dict[str, dict[str, float]]] = {}
     if not path.exists():
-        return {}
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {str(line["seed"]): line["scores"] for line in lines}
+        return done
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        scores = (
+            {record["method"]: record["scores"]} if "method" in record else record["scores"]
+        )  # one method per line, or (first runs) every method of the scene
+        for method, layers in scores.items():
+            done.setdefault(method, {})[str(record["seed"])] = layers
+    return done
 
 
-def _stats(records: list[dict], method: str, layer: str) -> tuple[float, float, int]:
-    values = np.array([r[method][layer] for r in records], dtype=float)
+def _stats(records: list[dict], layer: str) -> tuple[float, float, int]:
+    values = np.array([r[layer] for r in records], dtype=float)
     finite = values[np.isfinite(values)]
     mean = float(finite.mean()) if finite.size else math.nan
     sem = float(finite.std(ddof=1) / math.sqrt(finite.size)) if finite.size > 1 else math.nan
@@ -253,29 +261,36 @@ def _table(results: dict, args: argparse.Namespace) -> str:
     names = {**METHODS, **VIT_ONLY}
     rows = [
         f"Measured {date.today()} on {platform.machine()}, 1 thread, torch {torch.__version__}, "
-        f"quantus {quantus.__version__}; {args.scenes} held-out scenes (seeds from {FIRST_SEED}, "
-        f"{args.objects} objects), one example each; gScoreCAM k = {args.topk:g} of the channels. "
-        "Cells: mean Spearman rank correlation (Quantus MPRT: absolute, max-normalised maps) "
-        "between the trained model's map and the map after randomising the image tower from "
-        "the top down to the named layer (cascading); 1 = unchanged, 0 = unrelated. "
-        "+- is the standard error over scenes.",
+        f"quantus {quantus.__version__}; held-out scenes (seeds from {FIRST_SEED}, "
+        f"{args.objects} objects; n per method below), one example each; gScoreCAM k = "
+        f"{args.topk:g} of the channels. Cells: mean Spearman rank correlation (Quantus MPRT: "
+        "absolute, max-normalised maps) between the trained model's map and the map after "
+        "randomising the image tower from the top down to the named layer (cascading); "
+        "1 = unchanged, 0 = unrelated. +- is the standard error over scenes; NaN: maps that "
+        "were zero everywhere (no ranking), left out of the mean.",
     ]
     for tower, (layers, methods, records) in results.items():
         rows += [
             "",
             f"shapes-{tower}",
             "",
-            "| randomised down to | " + " | ".join(names[m] for m in methods) + " |",
+            "| randomised down to | "
+            + " | ".join(f"{names[m]} (n = {len(records[m])})" for m in methods)
+            + " |",
             "|---|" + "---:|" * len(methods),
         ]
         for layer in layers:
             cells = []
             for method in methods:
-                mean, sem, nan = _stats(records, method, layer)
+                mean, sem, nan = _stats(records[method], layer)
                 cells.append(f"{mean:.3f} +- {sem:.3f}" + (f" ({nan} NaN)" if nan else ""))
             rows.append(f"| {layer} | " + " | ".join(cells) + " |")
-        seconds = [f"{names[m]} {np.mean([r[m]['seconds'] for r in records]):.1f}" for m in methods]
-        rows += ["", "Seconds per scene (all layers): " + ", ".join(seconds)]
+        seconds = [
+            f"{names[m]} {np.mean([r['seconds'] for r in records[m]]):.1f}"
+            for m in methods
+            if records[m]
+        ]
+        rows += ["", "Seconds per scene (all layers, on a shared machine): " + ", ".join(seconds)]
     return "\n".join(rows)
 
 
@@ -285,10 +300,10 @@ def _figure(results: dict, path: Path) -> None:
     for ax, (tower, (layers, methods, records)) in zip(axes[0], results.items(), strict=True):
         x = np.arange(len(layers))
         for method in methods:
-            stats = [_stats(records, method, layer) for layer in layers]
+            stats = [_stats(records[method], layer) for layer in layers]
             mean = np.array([s[0] for s in stats])
             sem = np.array([s[1] for s in stats])
-            ax.plot(x, mean, marker="o", label=names[method])
+            ax.plot(x, mean, marker="o", label=f"{names[method]} (n = {len(records[method])})")
             ax.fill_between(x, mean - sem, mean + sem, alpha=0.2)
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xticks(x, layers, rotation=35, ha="right")
