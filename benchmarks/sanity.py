@@ -282,6 +282,9 @@ def _table(results: dict, args: argparse.Namespace) -> str:
         for layer in layers:
             cells = []
             for method in methods:
+                if not records[method]:
+                    cells.append("-")
+                    continue
                 mean, sem, nan = _stats(records[method], layer)
                 cells.append(f"{mean:.3f} +- {sem:.3f}" + (f" ({nan} NaN)" if nan else ""))
             rows.append(f"| {layer} | " + " | ".join(cells) + " |")

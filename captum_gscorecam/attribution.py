@@ -338,9 +338,10 @@ def model_of(forward_func: Callable[..., Tensor]) -> nn.Module | None:
 def model_images(forward_func: Callable[..., Tensor], images: Tensor) -> Tensor:
     """The images as ``forward_func`` takes them, usable by autograd.
 
-    For a CLIP model (or its CLIPSimilarity / ZeroShotClassifier): checked against the tower's channels and size and converted to its
-    dtype and device (:func:`~captum_gscorecam.clip.model_images`). Images made under
-    ``torch.inference_mode`` are copied (autograd cannot record them).
+    For a CLIP model (its CLIPSimilarity or ZeroShotClassifier): checked against the tower's
+    channels and size and converted to its dtype and device
+    (:func:`~captum_gscorecam.clip.model_images`). Images made under ``torch.inference_mode``
+    are copied (autograd cannot record them).
     """
     if isinstance(forward_func, CLIPSimilarity | ZeroShotClassifier):
         images = clip_model_images(forward_func.model, images, "inputs")
