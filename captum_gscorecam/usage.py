@@ -114,7 +114,6 @@ def topk_arg(text: str) -> int | float:
     return _checked(check_topk, _number(text))
 
 
-
 def perturbations_arg(text: str) -> int:
     """``--perturbations-per-eval``: masked images per forward pass, an int >= 1."""
     return _checked(check_perturbations_per_eval, _number(text))
