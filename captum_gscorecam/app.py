@@ -46,12 +46,11 @@ def build_app(
     model that cannot be loaded raises ``usage.UsageError``.
     """
     gr = _gradio()
-    from captum_gscorecam.methods import METHODS, applicable_methods
+    from captum_gscorecam.methods import applicable_methods
     from captum_gscorecam.usage import load_model
 
     clip, preprocess, tokenizer = load_model(model, pretrained, device)
     explainer = _Explainer(clip, preprocess, tokenizer, device)
-    methods = applicable_methods(clip)
     # Gradio keeps a copy of every returned file (overlays, maps); drop those over an hour old.
     with gr.Blocks(title="gScoreCAM: what is CLIP looking at?", delete_cache=(3600, 3600)) as page:
         gr.Markdown(
@@ -60,45 +59,9 @@ def build_app(
         )
         with gr.Row():
             with gr.Column(scale=2, min_width=320):
-                photo = gr.File(label="Photo", file_types=["image"], height=90, elem_id="photo")
-                preview = gr.Image(
-                    label="Your photo", interactive=False, height=180, elem_id="preview"
-                )
-                with gr.Row():
-                    seed = gr.Number(FIRST_SCENE, label="Shapes scene seed", precision=0)
-                    objects = gr.Slider(1, 6, value=3, step=1, label="Objects")
-                scene = gr.Button("Use this shapes scene", size="sm", elem_id="scene")
-                prompts = gr.Textbox(label="Prompts (one per line)", lines=3, elem_id="prompts")
-                method = gr.Dropdown(
-                    [(METHODS[m], m) for m in methods], value=methods[0], label="Method"
-                )
-                topk = gr.Textbox(
-                    "",
-                    label="k (gScoreCAM): channels kept",
-                    info="a count (300) or a fraction of the channels (0.1); empty: 10% on "
-                    "CNNs, 50% on ViTs",
-                    elem_id="topk",
-                )
-                run = gr.Button("Explain", variant="primary", elem_id="explain")
+                given = _inputs(gr, applicable_methods(clip))
             with gr.Column(scale=3):
-                status = gr.Markdown(elem_id="status")
-                overlays = gr.Gallery(
-                    label="Overlays on the photo",
-                    columns=3,
-                    height=270,
-                    object_fit="contain",
-                    elem_id="overlays",
-                )
-                scores = gr.Dataframe(
-                    headers=["prompt", "CLIP score (logit_scale * cos)"],
-                    label="CLIP score per prompt",
-                    interactive=False,
-                    elem_id="scores",
-                )
-                download = gr.File(label="Maps (.npy, float32 (T, H, W), NaN where cropped)")
-
-        photo.change(explainer.preview, photo, preview, api_name="preview")
-        scene.click(explainer.scene, [seed, objects], [photo, prompts], api_name="scene")
+                shown = _outputs(gr)
 
         def explain(
             path: str | None,
@@ -109,13 +72,69 @@ def build_app(
         ) -> tuple:
             return explainer.explain(path, prompts_text, method, topk_text, progress)
 
-        run.click(
+        given["photo"].change(
+            explainer.preview, given["photo"], given["preview"], api_name="preview"
+        )
+        given["scene"].click(
+            explainer.scene,
+            [given["seed"], given["objects"]],
+            [given["photo"], given["prompts"]],
+            api_name="scene",
+        )
+        given["run"].click(
             explain,
-            [photo, prompts, method, topk],
-            [overlays, scores, status, download],
+            [given[name] for name in ("photo", "prompts", "method", "topk")],
+            [shown[name] for name in ("overlays", "scores", "status", "download")],
             api_name="explain",
         )
     return page
+
+
+def _inputs(gr: Any, methods: list[str]) -> dict[str, Any]:
+    """The left column: the photo (or a shapes scene), the prompts, the method's settings."""
+    from captum_gscorecam.methods import METHODS
+
+    given = {
+        "photo": gr.File(label="Photo", file_types=["image"], height=90, elem_id="photo"),
+        "preview": gr.Image(label="Your photo", interactive=False, height=180, elem_id="preview"),
+    }
+    with gr.Row():
+        given["seed"] = gr.Number(FIRST_SCENE, label="Shapes scene seed", precision=0)
+        given["objects"] = gr.Slider(1, 6, value=3, step=1, label="Objects")
+    given["scene"] = gr.Button("Use this shapes scene", size="sm", elem_id="scene")
+    given["prompts"] = gr.Textbox(label="Prompts (one per line)", lines=3, elem_id="prompts")
+    given["method"] = gr.Dropdown(
+        [(METHODS[m], m) for m in methods], value=methods[0], label="Method"
+    )
+    given["topk"] = gr.Textbox(
+        "",
+        label="k (gScoreCAM): channels kept",
+        info="a count (300) or a fraction of the channels (0.1); empty: 10% on CNNs, 50% on ViTs",
+        elem_id="topk",
+    )
+    given["run"] = gr.Button("Explain", variant="primary", elem_id="explain")
+    return given
+
+
+def _outputs(gr: Any) -> dict[str, Any]:
+    """The right column: what ran, the overlays, the scores, the maps to download."""
+    return {
+        "status": gr.Markdown(elem_id="status"),
+        "overlays": gr.Gallery(
+            label="Overlays on the photo",
+            columns=3,
+            height=270,
+            object_fit="contain",
+            elem_id="overlays",
+        ),
+        "scores": gr.Dataframe(
+            headers=["prompt", "CLIP score (logit_scale * cos)"],
+            label="CLIP score per prompt",
+            interactive=False,
+            elem_id="scores",
+        ),
+        "download": gr.File(label="Maps (.npy, float32 (T, H, W), NaN where cropped)"),
+    }
 
 
 class _Explainer:
@@ -176,7 +195,13 @@ class _Explainer:
             start = time.perf_counter()
             text = encode_text(self.model, self.tokenizer, prompts)
             maps, scores = explain_photo(
-                self.model, self.preprocess, photo, text, method, topk, show_progress=True
+                self.model,
+                self.preprocess,
+                photo,
+                text,
+                method,
+                topk,
+                show_progress=True,
             )
             seconds = time.perf_counter() - start
         except (ValueError, TypeError) as error:
