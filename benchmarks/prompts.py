@@ -24,22 +24,11 @@ import time
 from datetime import date
 
 import torch
-from report import emit
+from report import emit, total_variation
 
 from captum_gscorecam import GScoreCAM, default_layer, encode_text
 from captum_gscorecam.clip import load_clip
 from captum_gscorecam.shapes import all_prompts, render_scene
-
-
-def _variation(maps: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Total variation between maps ``(T, h, w)`` read as distributions, in [0, 1]; an
-    all-zero map is 1 away from any other."""
-    p = maps.flatten(1)
-    q = reference.flatten(1)
-    p = p / p.sum(1, keepdim=True).clamp_min(1e-30)
-    q = q / q.sum(1, keepdim=True).clamp_min(1e-30)
-    distance = 0.5 * (p - q).abs().sum(1)
-    return torch.where(maps.flatten(1).sum(1) > 0, distance, 1.0)
 
 
 def main() -> None:
@@ -94,7 +83,7 @@ def main() -> None:
                 continue
             small, _ = run(image, text, math.ceil(2 * k / t))
             live = exact.flatten(1).sum(1) > 0  # maps the ReLU zeroed are left out
-            total["error"] += float(_variation(small, exact)[live].sum())
+            total["error"] += float(total_variation(small, exact)[live].sum())
             moved = small.flatten(1).argmax(1) != exact.flatten(1).argmax(1)
             total["moved"] += int(moved[live].sum())
             total["maps"] += int(live.sum())

@@ -1,5 +1,5 @@
 """Shared by the benchmark scripts: print a result table and optionally save it; count a
-layer's channels."""
+layer's channels; compare maps."""
 
 from __future__ import annotations
 
@@ -30,3 +30,14 @@ def layer_channels(model: nn.Module, layer: nn.Module, image: torch.Tensor) -> i
         handle.remove()
     out = outputs[0]
     return out.shape[1] if out.dim() == 4 else out.shape[-1]
+
+
+def total_variation(maps: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Total variation between maps ``(T, h, w)`` read as distributions, in [0, 1]; an
+    all-zero map is 1 away from any other."""
+    p = maps.flatten(1)
+    q = reference.flatten(1)
+    p = p / p.sum(1, keepdim=True).clamp_min(1e-30)
+    q = q / q.sum(1, keepdim=True).clamp_min(1e-30)
+    distance = 0.5 * (p - q).abs().sum(1)
+    return torch.where(maps.flatten(1).sum(1) > 0, distance, 1.0)

@@ -5,7 +5,10 @@ Side by side in one process (timings) and one fresh process per case (peak memor
 - ours gScoreCAM (k = 10% of the channels) and ours ScoreCAM;
 - pytorch-grad-cam's ScoreCAM (package ``grad-cam``) through the same similarity score;
 - Captum's LayerGradCam through CLIPSimilarity (1 forward + 1 backward: the capture pass);
-- the floor: k (or C) forward passes of the image tower in batches of perturbations_per_eval.
+- the floor: k (or C) forward passes of the image tower in batches of perturbations_per_eval;
+- the precision table: gScoreCAM and ScoreCAM end to end with float32 masked passes against a
+  bfloat16 (or float16) copy of the image tower, side by side in one process, the cost of
+  making the copy, and gScoreCAM under the deprecated ``autocast``.
 
     python benchmarks/speed.py --out benchmarks/results/speed-cpu.md
 
@@ -24,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from datetime import date
 
@@ -37,6 +41,7 @@ from torch import Tensor, nn
 from captum_gscorecam import CLIPSimilarity, GScoreCAM, ScoreCAM, default_layer
 
 CASES = ("floor_k", "floor_all", "gradcam", "gscorecam", "scorecam", "pgc_scorecam")
+PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TextScore(nn.Module):
@@ -69,17 +74,29 @@ class Setup:
         self.channels = layer_channels(self.model, self.layer, self.image)
         self.k = math.ceil(0.1 * self.channels)
 
-    def run(self, case: str, prompts: int = 1) -> None:
+    def run(
+        self, case: str, prompts: int = 1, precision: str | None = None, cam: object = None
+    ) -> None:
+        """One run of ``case``; ``cam`` reuses a GScoreCAM / ScoreCAM object (and so its
+        reduced-precision tower copy)."""
         text = self.texts[:prompts]
         target = text[None] if prompts > 1 else text[0]
         if case == "gscorecam":
-            GScoreCAM(self.model, self.layer).attribute(
-                self.image, target=target, topk=0.1, perturbations_per_eval=self.ppe
-            )
+            (cam or GScoreCAM(self.model, self.layer)).attribute(
+                self.image, target=target, topk=0.1, perturbations_per_eval=self.ppe,
+                precision=precision,
+            )  # fmt: skip
         elif case == "scorecam":
-            ScoreCAM(self.model, self.layer).attribute(
-                self.image, target=target, perturbations_per_eval=self.ppe
+            (cam or ScoreCAM(self.model, self.layer)).attribute(
+                self.image, target=target, perturbations_per_eval=self.ppe, precision=precision
             )
+        elif case == "gscorecam_autocast":
+            with warnings.catch_warnings():  # deprecated: timed to show why
+                warnings.simplefilter("ignore", FutureWarning)
+                GScoreCAM(self.model, self.layer).attribute(
+                    self.image, target=target, topk=0.1, perturbations_per_eval=self.ppe,
+                    autocast=PRECISION_DTYPES[precision],
+                )  # fmt: skip
         elif case == "gradcam":
             LayerGradCam(self.similarity, self.layer).attribute(
                 self.image, additional_forward_args=(text[0],)
@@ -131,9 +148,11 @@ def timed(fn: Callable[[], None], repeats: int) -> float:
     return statistics.median(times)
 
 
-def fresh_process(args: argparse.Namespace, model: str, case: str) -> dict[str, float]:
+def fresh_process(
+    args: argparse.Namespace, model: str, case: str, precision: str | None = None
+) -> dict[str, float]:
     """Peak extra memory (MiB, beyond the loaded model) and wall time of one case, run once in
-    a fresh process."""
+    a fresh process (with ``precision``, the tower copy included)."""
     cmd = [
         sys.executable,
         __file__,
@@ -147,6 +166,7 @@ def fresh_process(args: argparse.Namespace, model: str, case: str) -> dict[str, 
         args.device,
         "--ppe",
         str(args.ppe),
+        *(["--memory-precision", precision] if precision else []),
     ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -167,7 +187,7 @@ def memory_case(args: argparse.Namespace) -> None:
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        setup.run(args.memory_case)
+        setup.run(args.memory_case, precision=args.memory_precision)
         seconds = time.perf_counter() - start
         extra = torch.cuda.max_memory_allocated() - base
     else:
@@ -175,7 +195,7 @@ def memory_case(args: argparse.Namespace) -> None:
         with open("/proc/self/clear_refs", "w") as refs:  # reset the peak (VmHWM) to now
             refs.write("5")
         start = time.perf_counter()
-        setup.run(args.memory_case)
+        setup.run(args.memory_case, precision=args.memory_precision)
         seconds = time.perf_counter() - start
         extra = _rss_kib("VmHWM") * 1024 - base
     print(json.dumps({"case": args.memory_case, "extra_mib": extra / 2**20, "seconds": seconds}))
@@ -259,6 +279,86 @@ def sweep_table(args: argparse.Namespace, name: str) -> list[str]:
     return [*rows, ""]
 
 
+def precision_table(args: argparse.Namespace, name: str) -> list[str]:
+    """fp32 against a reduced-precision tower copy, end to end, interleaved in one process.
+
+    Timed as CPU time of the process (one thread), which a busy machine does not inflate, and
+    as wall time beside it.
+    """
+    setup = Setup(name, args.size, args.device, args.ppe)
+    reduced = args.precision
+    cams = {
+        (case, precision): (GScoreCAM if case == "gscorecam" else ScoreCAM)(
+            setup.model, setup.layer
+        )
+        for case in ("gscorecam", "scorecam")
+        for precision in (None, reduced)
+    }
+
+    def run(case: str, precision: str | None) -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        setup.run(case, precision=precision, cam=cams.get((case, precision)))
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        print(f"  {name} {case} {precision}: {cpu:.2f} s CPU, {wall:.2f} s", file=sys.stderr)
+        return cpu, wall
+
+    first = run("gscorecam", reduced)  # the first reduced call makes the copy
+    copy = cams["gscorecam", reduced].reduced_tower
+    times: dict[tuple[str, str | None], list[tuple[float, float]]] = {}
+    plan = [("gscorecam", None), ("gscorecam", reduced)] * args.repeats
+    plan += [("gscorecam_autocast", reduced), ("scorecam", None), ("scorecam", reduced)]
+    for case, precision in plan:
+        times.setdefault((case, precision), []).append(run(case, precision))
+    cpu = {key: statistics.median(t[0] for t in value) for key, value in times.items()}
+    wall = {key: statistics.median(t[1] for t in value) for key, value in times.items()}
+    memory = {
+        precision: fresh_process(args, name, "gscorecam", precision)["extra_mib"]
+        for precision in (None, reduced)
+    }
+
+    def row(
+        label: str,
+        fp32: tuple[str, None],
+        other: tuple[str, str],
+        seconds: tuple[float, float] | None = None,
+    ) -> str:
+        base, value = cpu[fp32], cpu[other] if seconds is None else seconds[0]
+        walls = wall[fp32], wall[other] if seconds is None else seconds[1]
+        return (
+            f"| {label} | {base:.2f} | {value:.2f} | **{value / base:.3f}** | "
+            f"{walls[0]:.1f} / {walls[1]:.1f} ({walls[1] / walls[0]:.2f}) |"
+        )
+
+    gscorecam = ("gscorecam", None)
+    return [
+        f"### {name}: masked passes in fp32 against a {reduced} copy of the image tower "
+        f"({args.size} px, 1 image, C = {setup.channels}, k = {setup.k}, "
+        f"perturbations_per_eval = {args.ppe})",
+        "",
+        f"| case | fp32 CPU s | {reduced} CPU s | {reduced} / fp32 | wall s fp32 / "
+        f"{reduced} (ratio) |",
+        "|---|---:|---:|---:|---:|",
+        row(f"gScoreCAM (k = 10%), median of {args.repeats}", gscorecam, ("gscorecam", reduced)),
+        row("gScoreCAM, first call (makes the copy)", gscorecam, ("gscorecam", reduced), first),
+        row(
+            f"ScoreCAM (the {reduced} run makes its copy)",
+            ("scorecam", None),
+            ("scorecam", reduced),
+        ),
+        row(
+            f"gScoreCAM under `autocast={reduced}` (deprecated)",
+            gscorecam,
+            ("gscorecam_autocast", reduced),
+        ),
+        "",
+        f"- the {reduced} copy of the image tower: {copy.nbytes / 2**20:.1f} MiB, made in "
+        f"{copy.build_seconds:.2f} s (once per attribution object; later calls reuse it)",
+        f"- gScoreCAM peak extra memory (fresh process, the copy included): fp32 "
+        f"{memory[None]:.0f} MiB, {reduced} {memory[reduced]:.0f} MiB",
+        "",
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="RN50,ViT-B-32")
@@ -269,14 +369,22 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--sweep", type=int, nargs="+", default=[8, 32, 64, 128])
     parser.add_argument("--skip-peers", action="store_true", help="no pytorch-grad-cam")
-    parser.add_argument("--tables", default="methods,prompts,sweep")
+    parser.add_argument("--tables", default="methods,prompts,sweep,precision")
+    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp16"],
+                        help="the reduced precision of the precision table")  # fmt: skip
     parser.add_argument("--out", default=None)
     parser.add_argument("--memory-case", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-precision", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_case:
         memory_case(args)
         return
-    tables = {"methods": methods_table, "prompts": prompts_table, "sweep": sweep_table}
+    tables = {
+        "methods": methods_table,
+        "prompts": prompts_table,
+        "sweep": sweep_table,
+        "precision": precision_table,
+    }
     lines = [
         f"Measured {date.today()} on {platform.machine()}, {os.cpu_count()} CPU cores, "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), device {args.device}"

@@ -27,7 +27,7 @@ import threading
 import warnings
 import weakref
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Final, Literal, Protocol
 
 import torch
@@ -216,7 +216,6 @@ def masked_scores(
     n_prompts: int,
     chunk: int,
     progress: str | None = None,
-    autocast: torch.dtype | None = None,
     out: Tensor | None = None,
     align_corners: bool = False,
 ) -> Tensor:
@@ -224,8 +223,7 @@ def masked_scores(
 
     Unscored pairs stay 0 (or keep their value in ``out``, which is filled in place);
     non-finite scores are kept (see :func:`_report_nonfinite`). ``progress`` names a progress
-    bar; ``autocast`` runs the masked passes under ``torch.autocast`` with that dtype;
-    ``align_corners`` is the masks'.
+    bar; ``align_corners`` is the masks'.
     """
     n, c = activations.shape[:2]
     if out is None:
@@ -234,17 +232,11 @@ def masked_scores(
     starts = range(0, pairs.shape[0], chunk)
     for start in tqdm(starts, desc=progress, unit="batch", disable=progress is None):
         image_index, channel = pairs[start : start + chunk].unbind(1)
-        with torch.inference_mode(), _autocast(inputs.device, autocast):
+        with torch.inference_mode():
             masks = channel_masks(activations[image_index, channel], size, align_corners)
             chunk_scores = scorer(inputs[image_index] * masks.to(inputs.dtype), image_index)
         out[image_index, channel] = chunk_scores.float()
     return out
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
-    if dtype is None:
-        return nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def score_cam(
@@ -258,16 +250,17 @@ def score_cam(
     relu: bool,
     layer_input: bool,
     progress: str | None = None,
-    autocast: torch.dtype | None = None,
+    masked_scorer: Scorer | None = None,
     early_stop: float | None = None,
     authors_code: bool = False,
 ) -> Tensor:
     """Maps ``(N, T, h, w)``; ``topk=ALL_CHANNELS`` scores every channel (ScoreCAM).
 
     ``topk`` is a channel count (clipped to C), a fraction of C in (0, 1], rounded up, or
-    None for ``default_topk`` of the layer. ``early_stop`` (see :func:`_early_stopped`) is an
-    opt-in approximation; None is exact. ``authors_code`` switches to the authors' code's
-    mask upsampling and softmax (module docstring).
+    None for ``default_topk`` of the layer. ``masked_scorer`` scores the masked images
+    (default: ``scorer``, which also makes the capture pass). ``early_stop`` (see
+    :func:`_early_stopped`) is an opt-in approximation; None is exact. ``authors_code``
+    switches to the authors' code's mask upsampling and softmax (module docstring).
     """
     every_channel = topk == ALL_CHANNELS
     activations, importance, n_prompts, tokens = capture(
@@ -283,14 +276,15 @@ def score_cam(
             k = min(topk, c) if isinstance(topk, int) else math.ceil(topk * c)
         top = importance.topk(k, dim=2).indices
         selected = torch.zeros_like(importance, dtype=torch.bool).scatter_(2, top, True)
+    masked_scorer = masked_scorer or scorer
     if early_stop is not None and importance is not None:
         return _early_stopped(
-            scorer, inputs, activations, importance, selected, perturbations_per_eval,
-            relu, progress, autocast, early_stop, authors_code,
+            masked_scorer, inputs, activations, importance, selected, perturbations_per_eval,
+            relu, progress, early_stop, authors_code,
         )  # fmt: skip
     pairs = selected.any(dim=1).nonzero()
     scores = masked_scores(
-        scorer, inputs, activations, pairs, n_prompts, perturbations_per_eval, progress, autocast,
+        masked_scorer, inputs, activations, pairs, n_prompts, perturbations_per_eval, progress,
         align_corners=authors_code,
     )  # fmt: skip
     _report_nonfinite(scores, selected)
@@ -344,7 +338,6 @@ def _early_stopped(
     chunk: int,
     relu: bool,
     progress: str | None,
-    autocast: torch.dtype | None,
     tolerance: float,
     authors_code: bool = False,
 ) -> Tensor:
@@ -373,7 +366,7 @@ def _early_stopped(
             batch = channels[start : start + chunk]
             pairs = torch.stack([torch.full_like(batch, i), batch], dim=1)
             masked_scores(
-                scorer, inputs, activations, pairs, n_prompts, chunk, None, autocast, scores,
+                scorer, inputs, activations, pairs, n_prompts, chunk, None, scores,
                 align_corners=authors_code,
             )  # fmt: skip
             scored[0, :, batch] = selected[i, :, batch]
