@@ -72,3 +72,17 @@ def test_topk_script(run_script, tmp_path):
     assert random["config"]["run"]["ranking"] == "random"
     assert [row["energy"] for row in random["rows"]] != [row["energy"] for row in gradient["rows"]]
     assert LayerGrid.importance is IMPORTANCE  # the random ranking is undone
+
+
+def test_fidelity_script(run_script):
+    text = run_script("fidelity.py", "--scenes", "1", "--objects", "3", "--precisions", "bf16")
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| ")]
+    cells = {(row[0].strip(), row[1].strip()): [c.strip() for c in row[2:]] for row in rows[1:]}
+    assert sorted(cells) == [
+        ("gscorecam", "bf16"), ("gscorecam", "fp32"), ("scorecam", "bf16"), ("scorecam", "fp32")
+    ]  # fmt: skip
+    for method in ("gscorecam", "scorecam"):
+        assert cells[method, "fp32"][1] == "-"  # no change against itself
+        reduced = cells[method, "bf16"]
+        assert reduced[4] in ("yes", "**no**")
+        assert 0 <= float(reduced[5]) <= float(reduced[6]) <= 1  # mean <= max total variation

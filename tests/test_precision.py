@@ -73,7 +73,8 @@ def test_bf16_maps_equal_fp32_maps_within_tolerance(name, seed, topk, chunk, pro
 
     full = run()
     reduced = run(precision=torch.bfloat16)
-    assert reduced.dtype == torch.float32 and reduced.shape == full.shape
+    assert reduced.dtype == torch.float32
+    assert reduced.shape == full.shape
     error = (reduced - full).abs() / activation_scale(model, x)
     assert float(error.max()) <= WEIGHT_L1_TOLERANCE
     assert state(model) == before
