@@ -39,13 +39,14 @@ def explain_photo(
     show_progress: bool = False,
     layer: nn.Module | None = None,
     perturbations_per_eval: int | None = None,
+    precision: str | torch.dtype | None = None,
 ) -> PhotoExplanation:
     """Explain ``photo`` against each of the prompts ``text`` ``(T, D)`` with ``method``.
 
     The photo goes through ``preprocess`` (a torchvision ``Compose``, as ``load_clip`` returns)
-    onto the model's device; ``methods.explain_maps`` makes the maps (``topk``, ``layer`` and
-    ``perturbations_per_eval`` mean what they mean there), ``visualization.to_photo`` places
-    them on the photo.
+    onto the model's device; ``methods.explain_maps`` makes the maps (``topk``, ``layer``,
+    ``perturbations_per_eval`` and ``precision`` mean what they mean there),
+    ``visualization.to_photo`` places them on the photo.
     """
     device = next(model.parameters()).device
     images = preprocess(photo)[None].to(device)
@@ -59,6 +60,7 @@ def explain_photo(
         show_progress=show_progress,
         layer=layer,
         perturbations_per_eval=perturbations_per_eval,
+        precision=precision,
     )
     with torch.no_grad():
         scores = CLIPSimilarity(model)(images, prompts)[0]

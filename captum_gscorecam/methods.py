@@ -57,6 +57,7 @@ def explain_maps(
     show_progress: bool = False,
     layer: nn.Module | None = None,
     perturbations_per_eval: int | None = None,
+    precision: str | torch.dtype | None = None,
 ) -> Tensor:
     """Maps ``(N, T, h, w)`` of one method for T prompts per image (``text`` is ``(N, T, D)``).
 
@@ -65,7 +66,8 @@ def explain_maps(
     a baseline that carries no information. ``topk`` matters to gScoreCAM only (None: its
     per-tower default, ``checks.default_topk``). ``layer`` replaces the CAMs' layer;
     ``perturbations_per_eval`` (masked or occluded images per forward pass; None: the default)
-    matters to gScoreCAM, ScoreCAM and Occlusion.
+    matters to gScoreCAM, ScoreCAM and Occlusion; so does ``precision`` to gScoreCAM and
+    ScoreCAM (the precision of their masked passes, ``GScoreCAM.attribute``'s).
 
     Captum's methods run as ours do: one call per model at a time, in eval mode, the model's
     modes restored afterwards. LayerGradCam is Captum's, through CLIPSimilarity, at
@@ -89,6 +91,7 @@ def explain_maps(
         target=text,
         perturbations_per_eval=perturbations_per_eval,
         show_progress=show_progress,
+        precision=precision,
         **options,
     )
 
