@@ -56,8 +56,10 @@ def resolve_precision(
             return None
         if precision in (torch.bfloat16, torch.float16):
             return precision
-    elif precision is None or precision in _DTYPES:
-        return _DTYPES.get(precision)
+    elif precision is None:
+        return None
+    elif isinstance(precision, str) and precision in _DTYPES:
+        return _DTYPES[precision]
     elif precision == "auto":
         return _auto(torch.device(device))
     raise ValueError(
