@@ -12,6 +12,7 @@ import math
 from numbers import Integral, Real
 
 __all__ = [
+    "PRECISIONS",
     "check_flag",
     "check_int",
     "check_perturbations_per_eval",
@@ -28,6 +29,8 @@ __all__ = [
 # 0.85 for all channels, on the shapes ViT; topk-rn.md: the ResNet peaks at 10%).
 CONV_TOPK_SHARE = 0.1
 TOKEN_TOPK_SHARE = 0.5
+# The names `precision` takes (precision.resolve_precision); "fp32" is the model's own precision.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def _is_int(value: object) -> bool:

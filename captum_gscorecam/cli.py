@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from captum_gscorecam.app import add_app_parser
+from captum_gscorecam.checks import PRECISIONS
 from captum_gscorecam.evaluation.command import add_evaluate_parser
 from captum_gscorecam.method_names import METHOD_HELP, METHODS
 from captum_gscorecam.usage import (
@@ -71,7 +72,8 @@ def demo(args: argparse.Namespace) -> None:
     columns, hits, seconds = [], {}, {}
     for method in methods:
         start = time.perf_counter()
-        maps = upsample(explain_maps(model, images, text, method, args.topk), (size, size))
+        maps = explain_maps(model, images, text, method, args.topk, precision=args.precision)
+        maps = upsample(maps, (size, size))
         seconds[method] = time.perf_counter() - start
         peaks = maps.reshape(*maps.shape[:2], -1).argmax(-1)
         masks = np.stack([scene.masks.reshape(len(scene.captions), -1) for scene in scenes])
@@ -197,6 +199,7 @@ def _explain_photo(
         show_progress=True,
         layer=layer,
         perturbations_per_eval=args.perturbations_per_eval,
+        precision=args.precision,
     )
     scores = photo_scores.tolist()
     fig = _photo_figure(photo, photo_maps, args.prompt, scores, METHODS[args.method])
@@ -336,10 +339,21 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--seed", type=seed_arg, default=10_000_000, help="first held-out scene seed")
     d.add_argument("--topk", type=topk_arg, default=None, help=_topk_help())
     d.add_argument("--device", type=device_arg, default="auto", help=_DEVICE_HELP)
+    _add_precision(d)
     d.set_defaults(run=demo)
 
 
 _DEVICE_HELP = "auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps"
+
+
+def _add_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="gScoreCAM's and ScoreCAM's masked passes: auto (bf16 on a CPU with native bf16 "
+        "and on CUDA, else fp32), fp32 (exact), bf16 or fp16 (a copy of the image tower)",
+    )
 
 
 def _topk_help() -> str:
@@ -427,6 +441,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         help="masked images per forward pass (default: the device's: 16 on CPU, 64 on GPU)",
     )
     p.add_argument("--device", type=device_arg, default="auto", help=_DEVICE_HELP)
+    _add_precision(p)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from captum_gscorecam.checks import PRECISIONS
 from captum_gscorecam.clip import CLIPSimilarity, TextScorer
 from captum_gscorecam.engine import Scorer
 
@@ -27,13 +28,12 @@ __all__ = [
     "AutocastScorer",
     "ReducedTextScorer",
     "ReducedTower",
+    "precision_name",
     "resolve_precision",
 ]
 
 logger = logging.getLogger(__name__)
 
-# The names the command line and ``precision=`` accept; "fp32" is the model's own precision.
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # /proc/cpuinfo flags of x86 CPUs with bfloat16 arithmetic in hardware (dot products in AVX-512
 # or AMX tiles). Without them bf16 matmuls are emulated and may be slower than float32.
@@ -66,6 +66,11 @@ def resolve_precision(
         f"precision: expected None, one of {list(PRECISIONS)}, torch.float32, torch.bfloat16 "
         f"or torch.float16, got {precision!r}"
     )
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """A resolved precision by name: ``"fp32"`` (None, the exact path), ``"bf16"``, ``"fp16"``."""
+    return next(name for name, value in _DTYPES.items() if value == dtype)
 
 
 def _auto(device: torch.device) -> torch.dtype | None:

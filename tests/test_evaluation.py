@@ -293,9 +293,9 @@ def test_resume_skips_finished_images(tmp_path, model, tokenizer, monkeypatch):
     run(model, tokenizer, first, tmp_path)
     calls = []
 
-    def counting(model, images, text, method, topk):
+    def counting(model, images, text, method, topk, **options):
         calls.append(method)
-        return explain_maps(model, images, text, method, topk)
+        return explain_maps(model, images, text, method, topk, **options)
 
     monkeypatch.setattr(runner, "explain_maps", counting)
     jsonl = tmp_path / "results.jsonl"

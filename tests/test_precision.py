@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import weakref
 
 import pytest
@@ -10,11 +11,14 @@ import torch
 from conftest import images_for, texts, tiny_rn, tiny_vit
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_evaluation import SEEDS, SIZE, make_model, run
 from test_towers import TOWERS, images
 from torch import nn
 
 from captum_gscorecam import GScoreCAM, ScoreCAM, default_layer
+from captum_gscorecam.cli import parser
 from captum_gscorecam.clip import LayerGrid, image_features
+from captum_gscorecam.evaluation import shapes_examples
 from captum_gscorecam.precision import image_tower, native_cpu_bf16, resolve_precision
 
 BUILDERS = {"rn": tiny_rn, "vit": tiny_vit}
@@ -207,3 +211,21 @@ def test_native_cpu_bf16_reads_the_cpu_flags():
     avx512 = torch.backends.cpu.get_cpu_capability().startswith("AVX512")
     expected = avx512 and bool({"avx512_bf16", "amx_bf16"} & set(flags))
     assert native_cpu_bf16() is expected
+
+
+def test_evaluate_records_the_precision_and_a_resume_must_match(tmp_path, tokenizer):
+    model = make_model()
+    examples = shapes_examples(SEEDS[:1], (2, 2), SIZE)
+    run(model, tokenizer, examples, tmp_path, ["gscorecam"], precision="bf16")
+    assert json.loads((tmp_path / "run.json").read_text())["precision"] == "bf16"
+    with pytest.raises(ValueError, match=r"out: .* other settings"):
+        run(model, tokenizer, examples, tmp_path, ["gscorecam"])  # fp32
+
+
+@pytest.mark.parametrize("command", [["demo"], ["explain", "x.png", "--prompt", "a"], ["evaluate"]])
+def test_the_commands_take_precision_auto_by_default(command, capsys):
+    assert parser().parse_args(command).precision == "auto"
+    assert parser().parse_args([*command, "--precision", "bf16"]).precision == "bf16"
+    with pytest.raises(SystemExit):
+        parser().parse_args([*command, "--precision", "int8"])
+    assert "--precision" in capsys.readouterr().err

@@ -27,6 +27,7 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
 
     Every argument is checked here or before the model loads; nothing is written before.
     """
+    from captum_gscorecam.checks import PRECISIONS
     from captum_gscorecam.usage import (
         TOPK_DEFAULT_HELP,
         HelpFormatter,
@@ -105,6 +106,13 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
         default="auto",
         help="auto (cuda if there is one), cpu, cuda or cuda:N",
     )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="gScoreCAM and ScoreCAM masked passes: auto (bf16 on a CPU with native bf16 and on "
+        "CUDA, else fp32), fp32 (exact), bf16 or fp16; recorded in run.json",
+    )
     p.add_argument("--out", type=folder_arg, default="results", help="output folder")
     p.set_defaults(run=evaluate_command)
     return p
@@ -126,6 +134,7 @@ def evaluate_command(args: argparse.Namespace) -> None:
     )
     from captum_gscorecam.evaluation.store import check_resumable, locked
     from captum_gscorecam.methods import applicable_methods, check_method
+    from captum_gscorecam.precision import precision_name, resolve_precision
     from captum_gscorecam.usage import UsageError, check_model, load_model, resolve_device
 
     params = MetricParams(
@@ -149,7 +158,8 @@ def evaluate_command(args: argparse.Namespace) -> None:
             for method in methods:
                 check_method(model, method)
             topk = default_topk(model) if args.topk is None else args.topk
-            check_resumable(args.out, run_config(run, methods, topk, params))
+            precision = precision_name(resolve_precision(args.precision, device))
+            check_resumable(args.out, run_config(run, methods, topk, params, precision=precision))
             examples = _examples(args, _input_size(model), coco)
             results = evaluate(
                 model,
@@ -162,6 +172,7 @@ def evaluate_command(args: argparse.Namespace) -> None:
                 run=run,
                 params=params,
                 show_progress=True,
+                precision=args.precision,
             )
         except ValueError as error:
             raise UsageError(str(error)) from None

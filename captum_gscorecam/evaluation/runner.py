@@ -52,6 +52,7 @@ from captum_gscorecam.evaluation.store import (
     refuse_other_settings,
 )
 from captum_gscorecam.methods import METHODS, explain_maps
+from captum_gscorecam.precision import precision_name, resolve_precision
 from captum_gscorecam.visualization import upsample
 
 __all__ = [
@@ -131,6 +132,7 @@ def evaluate(
     run: Mapping[str, object] | None = None,
     params: MetricParams = MetricParams(),
     show_progress: bool = False,
+    precision: str | torch.dtype | None = None,
 ) -> dict[str, object]:
     """Score every method on every example; resumable, and sharded under torch.distributed.
 
@@ -149,6 +151,9 @@ def evaluate(
         run: What else identifies the run (model, dataset, ...), stored with the results.
         params: Metric settings.
         show_progress: A progress bar over images (rank 0).
+        precision: The precision of gScoreCAM's and ScoreCAM's masked passes (their
+            ``attribute``'s ``precision``), resolved on the model's device and recorded in
+            ``run.json`` as ``fp32``, ``bf16`` or ``fp16``; a resumed run must match.
 
     Returns:
         The content of ``results.json``: ``config``, ``images``, ``examples``, ``summary``
@@ -161,12 +166,13 @@ def evaluate(
     """
     check_methods(methods)
     topk = default_topk(model) if topk is None else check_topk(topk)
+    dtype = resolve_precision(precision, next(model.parameters()).device)
     if not examples:
         raise ValueError("examples: expected at least one example")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"out: expected a folder, got the file {out_dir}")
-    config = run_config(run or {}, methods, topk, params)
+    config = run_config(run or {}, methods, topk, params, precision=precision_name(dtype))
     groups = _by_image(examples)
     expected = {
         image_id: [(method, e.prompt) for method in methods for e in group]
@@ -187,7 +193,9 @@ def evaluate(
         todo = [image_id for image_id in groups if image_id not in records.rows][rank::world]
         for image_id in tqdm(todo, desc="images", disable=not show_progress or rank != 0):
             group = groups[image_id]
-            rows = evaluate_image(model, preprocess, tokenizer, group, methods, topk, params)
+            rows = evaluate_image(
+                model, preprocess, tokenizer, group, methods, topk, params, precision=dtype
+            )
             append_record(shard, config, image_id, rows)
         if world > 1:
             dist.barrier()  # every shard is complete on disk
@@ -264,8 +272,11 @@ def evaluate_image(
     methods: Sequence[str],
     topk: int | float,
     params: MetricParams,
+    precision: torch.dtype | None = None,
 ) -> list[dict[str, object]]:
-    """The rows of one image: its T prompts explained together by each method, then scored."""
+    """The rows of one image: its T prompts explained together by each method, then scored;
+    ``precision`` is gScoreCAM's and ScoreCAM's (``GScoreCAM.attribute``'s).
+    """
     device = next(model.parameters()).device
     image = preprocess(Image.fromarray(group[0].load_image()))[None].to(device)
     size = group[0].size
@@ -278,7 +289,8 @@ def evaluate_image(
     rows = []
     for method in methods:
         start = time.perf_counter()
-        maps = upsample(explain_maps(model, image, text, method, topk), (size, size))[0]
+        maps = explain_maps(model, image, text, method, topk, precision=precision)
+        maps = upsample(maps, (size, size))[0]
         seconds = time.perf_counter() - start
         for t, example in enumerate(group):
             row = {
