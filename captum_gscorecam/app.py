@@ -39,7 +39,7 @@ def parse_prompts(text: str) -> list[str]:
 def build_app(
     model: str = "shapes-rn", pretrained: str | None = None, device: str = "cpu"
 ) -> gr.Blocks:
-    """The page: a photo (uploaded or a shapes scene), prompts, method and k in;
+    """The page: a photo (uploaded or a shapes scene), prompts, method, k and precision in;
     overlays on the photo, the CLIP score per prompt, the time and the maps (``.npy``) out.
 
     The model is loaded here, once (``usage.load_model``, as the command line loads it); a
@@ -68,9 +68,10 @@ def build_app(
             prompts_text: str,
             method: str,
             topk_text: str,
+            precision: str,
             progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 (gradio's way)
         ) -> tuple:
-            return explainer.explain(path, prompts_text, method, topk_text, progress)
+            return explainer.explain(path, prompts_text, method, topk_text, precision, progress)
 
         given["photo"].change(
             explainer.preview, given["photo"], given["preview"], api_name="preview"
@@ -83,7 +84,7 @@ def build_app(
         )
         given["run"].click(
             explain,
-            [given[name] for name in ("photo", "prompts", "method", "topk")],
+            [given[name] for name in ("photo", "prompts", "method", "topk", "precision")],
             [shown[name] for name in ("overlays", "scores", "status", "download")],
             api_name="explain",
         )
@@ -93,6 +94,7 @@ def build_app(
 def _inputs(gr: Any, methods: list[str]) -> dict[str, Any]:
     """The left column: the photo (or a shapes scene), the prompts, the method's settings."""
     from captum_gscorecam.methods import METHODS
+    from captum_gscorecam.precision import PRECISIONS
 
     given = {
         "photo": gr.File(label="Photo", file_types=["image"], height=90, elem_id="photo"),
@@ -103,9 +105,16 @@ def _inputs(gr: Any, methods: list[str]) -> dict[str, Any]:
         given["objects"] = gr.Slider(1, 6, value=3, step=1, label="Objects")
     given["scene"] = gr.Button("Use this shapes scene", size="sm", elem_id="scene")
     given["prompts"] = gr.Textbox(label="Prompts (one per line)", lines=3, elem_id="prompts")
-    given["method"] = gr.Dropdown(
-        [(METHODS[m], m) for m in methods], value=methods[0], label="Method"
-    )
+    with gr.Row():
+        given["method"] = gr.Dropdown(
+            [(METHODS[m], m) for m in methods], value=methods[0], label="Method"
+        )
+        given["precision"] = gr.Dropdown(
+            list(PRECISIONS),
+            value="auto",
+            label="Precision",
+            info="of the masked passes (gScoreCAM, ScoreCAM)",
+        )
     given["topk"] = gr.Textbox(
         "",
         label="k (gScoreCAM): channels kept",
@@ -176,6 +185,7 @@ class _Explainer:
         prompts_text: str,
         method: str,
         topk_text: str,
+        precision: str,
         progress: gr.Progress,
     ) -> tuple[list[tuple[np.ndarray, str]], list[list[Any]], str, str]:
         """Overlays, scores, a status line and the ``.npy`` path; bad input raises gr.Error."""
@@ -183,6 +193,7 @@ class _Explainer:
 
         from captum_gscorecam.clip import encode_text
         from captum_gscorecam.explain import explain_photo
+        from captum_gscorecam.precision import resolve_precision
         from captum_gscorecam.visualization import overlay
 
         try:
@@ -190,6 +201,7 @@ class _Explainer:
                 raise ValueError("photo: upload a photo or pick a shapes scene first")
             prompts = parse_prompts(prompts_text or "")
             topk = _topk(topk_text)
+            dtype = resolve_precision(precision, self.device)
             photo = _read(path)
             progress(0, desc="explaining")
             start = time.perf_counter()
@@ -202,6 +214,7 @@ class _Explainer:
                 method,
                 topk,
                 show_progress=True,
+                precision=dtype,
             )
             seconds = time.perf_counter() - start
         except (ValueError, TypeError) as error:
@@ -213,15 +226,21 @@ class _Explainer:
         out = self.folder / "gscorecam-maps.npy"  # one request at a time; Gradio copies it
         np.save(out, maps)
         rows = [[p, round(float(s), 2)] for p, s in zip(prompts, scores, strict=True)]
-        return gallery, rows, _status(method, len(prompts), seconds), str(out)
+        return gallery, rows, _status(method, len(prompts), dtype, seconds), str(out)
 
 
-def _status(method: str, prompts: int, seconds: float) -> str:
-    """What ran and how long it took, e.g. "gScoreCAM on 2 prompts: 1.2 s"."""
+def _status(method: str, prompts: int, dtype: Any, seconds: float) -> str:
+    """What ran and how long it took, e.g. "gScoreCAM on 2 prompts (bf16 masked passes): 1.2 s"."""
     from captum_gscorecam.methods import METHODS
 
     plural = "s" if prompts > 1 else ""
-    return f"{METHODS[method]} on {prompts} prompt{plural}: **{seconds:.2f} s**"
+    masked = ""
+    if method in ("gscorecam", "scorecam"):
+        masked = f" ({'fp32' if dtype is None else _DTYPE_NAMES[str(dtype)]} masked passes)"
+    return f"{METHODS[method]} on {prompts} prompt{plural}{masked}: **{seconds:.2f} s**"
+
+
+_DTYPE_NAMES = {"torch.bfloat16": "bf16", "torch.float16": "fp16"}
 
 
 def _read(path: str) -> Any:

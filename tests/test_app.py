@@ -21,6 +21,7 @@ from PIL import Image
 from captum_gscorecam.app import build_app, parse_prompts
 from captum_gscorecam.cli import main
 from captum_gscorecam.clip import CLIPSimilarity, encode_text
+from captum_gscorecam.explain import explain_photo
 from captum_gscorecam.methods import explain_maps
 from captum_gscorecam.shapes import load_shapes_clip, render_scene
 from captum_gscorecam.visualization import to_photo
@@ -74,10 +75,12 @@ def photo(tmp_path_factory) -> Path:
     return path
 
 
-def _explain(client, path, prompts, method="gscorecam", topk=""):
+def _explain(client, path, prompts, method="gscorecam", topk="", precision="fp32"):
     from gradio_client import handle_file
 
-    return client.predict(handle_file(str(path)), prompts, method, topk, api_name="/explain")
+    return client.predict(
+        handle_file(str(path)), prompts, method, topk, precision, api_name="/explain"
+    )
 
 
 def test_maps_and_scores_are_the_librarys_on_the_photo(client, photo):
@@ -104,7 +107,23 @@ def test_maps_and_scores_are_the_librarys_on_the_photo(client, photo):
     for item, caption, score in zip(gallery, captions, expected_scores, strict=True):
         assert Image.open(item["image"]).size == (320, 240)  # the overlay is on the photo
         assert item["caption"] == f"{caption}: {score:.2f}"
-    assert status.startswith("gScoreCAM on 3 prompts: **")
+    assert status.startswith("gScoreCAM on 3 prompts (fp32 masked passes): **")
+
+
+def test_the_precision_reaches_the_masked_passes(client, photo):
+    captions = render_scene(SCENE_SEED, 3).captions
+    _, _, status, maps_path = _explain(client, photo, "\n".join(captions), precision="bf16")
+    assert status.startswith("gScoreCAM on 3 prompts (bf16 masked passes): **")
+    model, preprocess, tokenizer = load_shapes_clip("rn")
+    image = Image.open(photo).convert("RGB")
+    text = encode_text(model, tokenizer, captions)
+    expected = explain_photo(model, preprocess, image, text, "gscorecam", precision="bf16").maps
+    exact = explain_photo(model, preprocess, image, text, "gscorecam").maps
+    maps = np.load(maps_path)
+    np.testing.assert_allclose(maps, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
+    assert not np.array_equal(maps, exact)  # the bf16 tower ran, not the exact path
+    _, _, status, _ = _explain(client, photo, "a red circle", method="gradcam", precision="bf16")
+    assert status.startswith("LayerGradCam on 1 prompt: **")  # no masked passes to speak of
 
 
 def test_a_bundled_scene_fills_the_photo_and_the_prompts(client):
@@ -272,7 +291,7 @@ def test_the_page_in_a_real_browser(command_server, photo, tmp_path, monkeypatch
     assert loaded > 0  # the overlay image was decoded, not a broken link
     assert "a red circle" in scores
     assert any(_is_number(word) for word in scores.split())
-    assert status.startswith("gScoreCAM on 2 prompts: ")
+    assert status.startswith("gScoreCAM on 2 prompts (")
     assert (tmp_path / "app.png").stat().st_size > 10_000
 
 
