@@ -23,6 +23,9 @@ def test_the_tour_runs_offline_and_draws_its_figures(monkeypatch):
     nbclient = pytest.importorskip("nbclient")
     # the kernel imports this checkout's package, whatever else is installed
     monkeypatch.setenv("PYTHONPATH", str(TOUR.parents[1]), prepend=os.pathsep)
+    # .ci/run exports MPLBACKEND=Agg; in the kernel it would replace the inline backend,
+    # and the figures would never reach the cell outputs
+    monkeypatch.delenv("MPLBACKEND", raising=False)
     notebook = nbformat.read(TOUR, as_version=4)
     nbclient.NotebookClient(
         notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": TOUR.parent}}
