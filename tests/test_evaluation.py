@@ -388,21 +388,6 @@ def evaluate_parser() -> argparse.ArgumentParser:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--methods", "gscorecam,nope"], "argument --methods: unknown method(s) ['nope']"),
-        (["--dataset", "imagenet"], "argument --dataset: invalid choice: 'imagenet'"),
-        (["--objects", "0-9"], "argument --objects: expected LOW-HIGH within 1-6"),
-        (["--limit", "0"], "argument --limit: expected an integer >= 1"),
-    ],
-)
-def test_bad_arguments_name_the_argument(capsys, argv, message):
-    with pytest.raises(SystemExit):
-        evaluate_parser().parse_args(["evaluate", *argv])
-    assert message in capsys.readouterr().err
-
-
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
         (["--dataset", "coco"], "root: give --root DIR or --annotations FILE"),
         (["--dataset", "coco", "--root", "{tmp}"], "root: no annotations"),
     ],

@@ -89,6 +89,9 @@ def refused(argv, capsys):
         (["--template", "{name}"], "argument --template: expected text with exactly one {}"),
         (["--device", "tpu"], "argument --device: expected auto, cpu, cuda, cuda:N or mps"),
         (["--limit", "0"], "argument --limit: expected an integer >= 1"),
+        (["--objects", "0-9"], "argument --objects: expected LOW-HIGH within 1-6"),
+        (["--methods", "gscorecam,nope"], "argument --methods: unknown method(s) ['nope']"),
+        (["--dataset", "imagenet"], "argument --dataset: invalid choice: 'imagenet'"),
         (["--out", "{tmp}/missing/out"], "argument --out: {tmp}/missing/out: the folder"),
     ],
 )
