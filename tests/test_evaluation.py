@@ -16,7 +16,9 @@ from conftest import images_for, texts, tiny_rn, tiny_vit
 from PIL import Image
 from pycocotools import mask as coco_mask
 
+import captum_gscorecam.evaluation.distributed as distributed
 import captum_gscorecam.evaluation.runner as runner
+import captum_gscorecam.evaluation.scoring as scoring
 import captum_gscorecam.usage as usage
 from captum_gscorecam import CLIPSimilarity, HilaCAM, encode_text
 from captum_gscorecam.evaluation import (
@@ -297,7 +299,7 @@ def test_resume_skips_finished_images(tmp_path, model, tokenizer, monkeypatch):
         calls.append(method)
         return explain_maps(model, images, text, method, topk, **options)
 
-    monkeypatch.setattr(runner, "explain_maps", counting)
+    monkeypatch.setattr(scoring, "explain_maps", counting)
     jsonl = tmp_path / "results.jsonl"
     text = jsonl.read_text()
     jsonl.write_text(text + text[: len(text) // 2])  # a second record cut short by a crash
@@ -348,7 +350,7 @@ def distributed_worker(rank: int, port: int, out: str) -> None:
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2"
     )
     torch.set_num_threads(1)
-    assert runner.init_distributed("cpu") == "cpu"
+    assert distributed.init_distributed("cpu") == "cpu"
     try:
         examples = shapes_examples(SEEDS, (2, 3), SIZE)
         evaluate(make_model(), make_preprocess(SIZE), open_tokenizer(), examples, FAST, 0.1, out)
@@ -487,6 +489,30 @@ def test_report_is_rewritten_from_stored_results_alone(tmp_path, model, tokenize
     assert (stored / "results.png").read_bytes()[:4] == PNG_MAGIC
 
 
+def test_the_committed_reports_regenerate_unchanged_and_without_torch(tmp_path):
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    committed = Path(__file__).parents[1] / "benchmarks" / "results" / "localization"
+    folders = []
+    for name in ("shapes-rn", "shapes-vit-faithfulness"):
+        shutil.copytree(committed / name, tmp_path / name)
+        (tmp_path / name / "results.md").unlink()
+        folders.append(str(tmp_path / name))
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['report', *{folders!r}]\n"
+        "runpy.run_module('captum_gscorecam.evaluation.report', run_name='__main__')\n"
+        "print('torch loaded:', 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines()[-1] == "torch loaded: False"
+    for name in ("shapes-rn", "shapes-vit-faithfulness"):
+        for file in ("results.md", "results.png"):
+            assert (tmp_path / name / file).read_bytes() == (committed / name / file).read_bytes()
+
+
 @pytest.mark.parametrize(
     ("text", "topk"), [("300", 300), ("1", 1), ("1.0", 1.0), ("0.1", 0.1), ("26.0", 26)]
 )
@@ -498,7 +524,7 @@ def test_topk_flag_reads_integers_as_counts_and_decimals_as_fractions(text, topk
 
 def test_topk_defaults_to_the_towers_default(tmp_path, tokenizer):
     rn, vit = tiny_rn(), make_model()
-    assert (runner.default_topk(rn), runner.default_topk(vit)) == (0.1, 0.5)
+    assert (runner.default_topk_share(rn), runner.default_topk_share(vit)) == (0.1, 0.5)
     assert evaluate_parser().parse_args(["evaluate"]).topk is None
 
 
@@ -506,7 +532,7 @@ def test_topk_defaults_to_the_towers_default(tmp_path, tokenizer):
 def test_the_recorded_default_k_gives_the_maps_of_topk_none(make):
     model = make()
     images, text = images_for(model, 1), texts(1, 2)
-    share = runner.default_topk(model)
+    share = runner.default_topk_share(model)
     by_default = explain_maps(model, images, text, "gscorecam", None)
     torch.testing.assert_close(explain_maps(model, images, text, "gscorecam", share), by_default)
 

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from captum_gscorecam.evaluation.coco import read_coco, rle_decode
 from captum_gscorecam.shapes import (
     COLORS,
     DEFAULT_SIZE,
@@ -19,12 +20,11 @@ from captum_gscorecam.shapes import (
     ShapesDataset,
     all_prompts,
     export_coco,
-    load_coco,
     load_shapes_clip,
     render_scene,
     zero_shot_recall,
 )
-from captum_gscorecam.shapes.coco import category_names, rle_decode, rle_encode
+from captum_gscorecam.shapes.coco import category_names, rle_encode
 from captum_gscorecam.shapes.models import (
     build_model,
     checkpoint_path,
@@ -245,14 +245,16 @@ def test_coco_round_trip(tmp_path):
     assert [c["name"] for c in data["categories"]] == category_names()
     assert {c["id"] for c in data["categories"]} == set(range(1, len(category_names()) + 1))
     assert len({a["id"] for a in data["annotations"]}) == len(data["annotations"]) == 12
-    loaded = load_coco(tmp_path)
+    loaded = read_coco(path, tmp_path / "images")
     assert len(loaded) == len(seeds)
     annotations = iter(data["annotations"])
-    for seed, (image_path, objects) in zip(seeds, loaded, strict=True):
+    for seed, image in zip(seeds, loaded, strict=True):
         scene = render_scene(seed, 4, 96)
-        assert np.array_equal(np.asarray(Image.open(image_path)), scene.image)
-        assert [name for name, _ in objects] == [f"{c} {s}" for c, s in scene.objects]
-        assert [box for _, box in objects] == [tuple(b) for b in scene.boxes.tolist()]
+        assert (image.width, image.height) == (96, 96)
+        assert np.array_equal(np.asarray(Image.open(image.path)), scene.image)
+        assert [a["category"] for a in image.annotations] == [f"{c} {s}" for c, s in scene.objects]
+        boxes = [[round(v) for v in a["bbox"]] for a in image.annotations]
+        assert [[x, y, x + w, y + h] for x, y, w, h in boxes] == scene.boxes.tolist()
         for mask in scene.masks:
             annotation = next(annotations)
             assert annotation["iscrowd"] == 0

@@ -1,4 +1,5 @@
-"""Localization and faithfulness metrics, evaluation datasets, and the runner comparing methods.
+"""Localization and faithfulness metrics, evaluation datasets, scoring, and the runner comparing
+methods.
 
 Names are imported on first use, so the command line's parser can import
 ``captum_gscorecam.evaluation.command`` without loading torch.
@@ -23,7 +24,8 @@ if TYPE_CHECKING:
         pointing_game,
     )
     from captum_gscorecam.evaluation.report import markdown, summarize, write_report
-    from captum_gscorecam.evaluation.runner import MetricParams, evaluate
+    from captum_gscorecam.evaluation.runner import evaluate
+    from captum_gscorecam.evaluation.scoring import MetricParams, score_map
 
 _MODULES = {
     "add_evaluate_parser": "command",
@@ -42,7 +44,8 @@ _MODULES = {
     "markdown": "report",
     "summarize": "report",
     "write_report": "report",
-    "MetricParams": "runner",
+    "score_map": "scoring",
+    "MetricParams": "scoring",
     "evaluate": "runner",
 }
 
@@ -62,6 +65,7 @@ __all__ = [
     "mask_iou",
     "max_box_acc_v2",
     "pointing_game",
+    "score_map",
     "shapes_examples",
     "summarize",
     "write_report",

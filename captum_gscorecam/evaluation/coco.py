@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from numbers import Integral, Real
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from captum_gscorecam.shapes.coco import ANNOTATIONS, IMAGES
 
-__all__ = ["CocoImage", "coco_files", "read_coco"]
+__all__ = ["CocoImage", "coco_files", "read_coco", "rle_decode"]
 
 # COCO's own layout: annotations/instances_val2017.json beside the image folder val2017/.
 VAL2017 = Path("annotations") / "instances_val2017.json"
@@ -264,6 +265,18 @@ def _check_segmentation(
 
 def _finite(value: object) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def rle_decode(rle: Mapping[str, Sequence[int]]) -> np.ndarray:
+    """The ``(H, W)`` bool mask of an uncompressed COCO RLE.
+
+    ``counts`` alternate runs of false and true pixels, starting with false, in column-major
+    order; ``size`` is ``[H, W]``.
+    """
+    height, width = rle["size"]
+    values = np.arange(len(rle["counts"])) % 2 == 1
+    flat = np.repeat(values, rle["counts"])
+    return flat.reshape((height, width), order="F")
 
 
 def _file_problem(

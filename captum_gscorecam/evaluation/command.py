@@ -122,16 +122,15 @@ def evaluate_command(args: argparse.Namespace) -> None:
     """``gscorecam evaluate``: check, build the examples, run :func:`evaluate`, print the table."""
     import torch.distributed as dist
 
+    from captum_gscorecam.evaluation.distributed import init_distributed, rank_and_world
     from captum_gscorecam.evaluation.report import markdown
     from captum_gscorecam.evaluation.runner import (
-        MetricParams,
         check_methods,
-        default_topk,
+        default_topk_share,
         evaluate,
-        init_distributed,
-        rank_and_world,
         run_config,
     )
+    from captum_gscorecam.evaluation.scoring import MetricParams
     from captum_gscorecam.evaluation.store import check_resumable, locked
     from captum_gscorecam.methods import applicable_methods, check_method
     from captum_gscorecam.precision import precision_name, resolve_precision
@@ -157,7 +156,7 @@ def evaluate_command(args: argparse.Namespace) -> None:
             methods = check_methods(args.methods or applicable_methods(model))
             for method in methods:
                 check_method(model, method)
-            topk = default_topk(model) if args.topk is None else args.topk
+            topk = default_topk_share(model) if args.topk is None else args.topk
             precision = precision_name(resolve_precision(args.precision, device))
             check_resumable(args.out, run_config(run, methods, topk, params, precision=precision))
             examples = _examples(args, _input_size(model), coco)

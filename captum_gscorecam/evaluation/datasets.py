@@ -20,9 +20,8 @@ import numpy as np
 from PIL import Image
 from skimage.draw import polygon
 
-from captum_gscorecam.evaluation.coco import CocoImage, coco_files, read_coco
+from captum_gscorecam.evaluation.coco import CocoImage, coco_files, read_coco, rle_decode
 from captum_gscorecam.shapes import DEFAULT_SIZE, render_scene
-from captum_gscorecam.shapes.coco import rle_decode
 
 __all__ = [
     "Example",

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from captum_gscorecam.methods import METHODS
+from captum_gscorecam.method_names import METHODS
 
 __all__ = ["bucket_label", "markdown", "object_buckets", "summarize", "write_chart", "write_report"]
 

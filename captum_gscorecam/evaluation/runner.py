@@ -14,14 +14,10 @@ or a shared filesystem), and rank 0 writes ``results.json`` (settings, scores, r
 from __future__ import annotations
 
 import json
-import os
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from PIL import Image
@@ -29,79 +25,22 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from captum_gscorecam.checks import CONV_TOPK_SHARE, TOKEN_TOPK_SHARE, check_topk
-from captum_gscorecam.clip import CLIPSimilarity, default_layer, encode_text, token_blocks
-from captum_gscorecam.evaluation.command import add_evaluate_parser, evaluate_command
+from captum_gscorecam.clip import default_layer, token_blocks
 from captum_gscorecam.evaluation.datasets import Example
-from captum_gscorecam.evaluation.metrics import (
-    box_accuracy,
-    box_iou_curve,
-    deletion_auc,
-    energy_pointing,
-    insertion_auc,
-    mask_iou,
-    pointing_game,
-)
+from captum_gscorecam.evaluation.distributed import rank_and_world, run_lock
 from captum_gscorecam.evaluation.report import object_buckets, summarize, write_report
+from captum_gscorecam.evaluation.scoring import MetricParams, evaluate_image, row_keys
 from captum_gscorecam.evaluation.store import (
     RUN_FILE,
     append_record,
-    check_resumable,
     drop_damaged,
-    locked,
     read_records,
     refuse_other_settings,
 )
-from captum_gscorecam.methods import METHODS, explain_maps
+from captum_gscorecam.method_names import METHODS
 from captum_gscorecam.precision import precision_name, resolve_precision
-from captum_gscorecam.visualization import upsample
 
-__all__ = [
-    "MetricParams",
-    "add_evaluate_parser",
-    "check_methods",
-    "check_resumable",
-    "default_topk",
-    "evaluate",
-    "evaluate_command",
-    "evaluate_image",
-    "faithfulness",
-    "init_distributed",
-    "rank_and_world",
-    "row_keys",
-    "run_config",
-    "score_map",
-]
-
-ROW_KEYS = (
-    "image_id",
-    "prompt",
-    "n_objects",
-    "method",
-    "seconds",
-    "pointing",
-    "box_hit",
-    "box_iou",
-    "energy",
-    "mask_iou",
-    "iou_curve",
-)
-
-
-@dataclass(frozen=True)
-class MetricParams:
-    """Metric settings, stored with the results.
-
-    Attributes:
-        tolerance: Pointing game margin in pixels.
-        iou_threshold: IoU a predicted box needs for box accuracy.
-        iou_thresholds: MaxBoxAccV2's IoU thresholds ``delta``.
-        faithfulness_steps: Steps of the deletion and insertion curves; None skips them.
-    """
-
-    tolerance: int = 15
-    iou_threshold: float = 0.5
-    iou_thresholds: tuple[float, ...] = (0.3, 0.5, 0.7)
-    faithfulness_steps: int | None = None
+__all__ = ["check_methods", "default_topk_share", "evaluate", "run_config"]
 
 
 def run_config(
@@ -146,7 +85,7 @@ def evaluate(
         examples: The examples, built at the model's input size S.
         methods: Keys of ``METHODS``, each once.
         topk: gScoreCAM's channel count or fraction; None for the tower's default
-            (:func:`default_topk`), recorded resolved in ``run.json``.
+            (:func:`default_topk_share`), recorded resolved in ``run.json``.
         out_dir: Where results go; results already there for the same settings are reused.
         run: What else identifies the run (model, dataset, ...), stored with the results.
         params: Metric settings.
@@ -165,7 +104,7 @@ def evaluate(
             other settings or in use by another run.
     """
     check_methods(methods)
-    topk = default_topk(model) if topk is None else check_topk(topk)
+    topk = default_topk_share(model) if topk is None else check_topk(topk)
     dtype = resolve_precision(precision, next(model.parameters()).device)
     if not examples:
         raise ValueError("examples: expected at least one example")
@@ -181,7 +120,7 @@ def evaluate(
     keys = row_keys(params)
     rank, world = rank_and_world()
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _lock(out_dir, rank, world):
+    with run_lock(out_dir, rank, world):
         records = read_records(out_dir, config, expected, keys)
         refuse_other_settings(out_dir, records)
         if rank == 0:
@@ -227,7 +166,7 @@ def check_methods(methods: Sequence[str]) -> list[str]:
     return list(methods)
 
 
-def default_topk(model: nn.Module) -> float:
+def default_topk_share(model: nn.Module) -> float:
     """The share of channels gScoreCAM keeps on ``model`` when ``topk`` is None.
 
     ``checks.default_topk``'s rule at the default layer (10% of a convolutional layer's
@@ -239,130 +178,9 @@ def default_topk(model: nn.Module) -> float:
     return TOKEN_TOPK_SHARE if tokens else CONV_TOPK_SHARE
 
 
-def row_keys(params: MetricParams) -> tuple[str, ...]:
-    """The keys every row of a run with these settings has."""
-    faithful = ("deletion", "insertion") if params.faithfulness_steps is not None else ()
-    return ROW_KEYS + faithful
-
-
-@contextmanager
-def _lock(out_dir: Path, rank: int, world: int) -> Iterator[None]:
-    """The folder's lock, held by rank 0; every rank raises if it is taken."""
-    with ExitStack() as stack:
-        error = None
-        if rank == 0:
-            try:
-                stack.enter_context(locked(out_dir))
-            except ValueError as refused:
-                error = str(refused)
-        if world > 1:
-            shared = [error]
-            dist.broadcast_object_list(shared, src=0)
-            error = shared[0]
-        if error is not None:
-            raise ValueError(error)
-        yield
-
-
-def evaluate_image(
-    model: nn.Module,
-    preprocess: Callable[[Image.Image], Tensor],
-    tokenizer: Callable[[Sequence[str]], Tensor],
-    group: Sequence[Example],
-    methods: Sequence[str],
-    topk: int | float,
-    params: MetricParams,
-    precision: torch.dtype | None = None,
-) -> list[dict[str, object]]:
-    """The rows of one image: its T prompts explained together by each method, then scored;
-    ``precision`` is gScoreCAM's and ScoreCAM's (``GScoreCAM.attribute``'s).
-    """
-    device = next(model.parameters()).device
-    image = preprocess(Image.fromarray(group[0].load_image()))[None].to(device)
-    size = group[0].size
-    if tuple(image.shape[-2:]) != (size, size):
-        raise ValueError(
-            f"examples: built at {size} px, but the preprocess gives {tuple(image.shape[-2:])}; "
-            "build them at the model's input size"
-        )
-    text = encode_text(model, tokenizer, [example.prompt for example in group])[None]
-    rows = []
-    for method in methods:
-        start = time.perf_counter()
-        maps = explain_maps(model, image, text, method, topk, precision=precision)
-        maps = upsample(maps, (size, size))[0]
-        seconds = time.perf_counter() - start
-        for t, example in enumerate(group):
-            row = {
-                "image_id": example.image_id,
-                "prompt": example.prompt,
-                "n_objects": example.n_objects,
-                "method": method,
-                "seconds": seconds,
-                **score_map(maps[t], example, params),
-            }
-            if params.faithfulness_steps is not None:
-                row |= faithfulness(model, image[0], text[0, t], maps[t], params.faithfulness_steps)
-            rows.append(row)
-    return rows
-
-
-def score_map(saliency: np.ndarray, example: Example, params: MetricParams) -> dict[str, object]:
-    """The localization metrics of one ``(S, S)`` map against an example's ground truth."""
-    hit, iou = box_accuracy(saliency, example.boxes, params.iou_threshold)
-    return {
-        "pointing": pointing_game(saliency, example.boxes, params.tolerance),
-        "box_hit": bool(hit),
-        "box_iou": iou,
-        "energy": energy_pointing(saliency, example.boxes),
-        "mask_iou": None if example.mask is None else mask_iou(saliency, example.mask),
-        "iou_curve": box_iou_curve(saliency, example.boxes).tolist(),
-    }
-
-
-def faithfulness(
-    model: nn.Module, image: Tensor, text: Tensor, saliency: np.ndarray, steps: int
-) -> dict[str, float]:
-    """Deletion and insertion AUC of ``logit_scale * cos(image, text)`` for one map."""
-    similarity = CLIPSimilarity(model)
-
-    @torch.no_grad()
-    def score(batch: np.ndarray) -> np.ndarray:
-        return similarity(torch.from_numpy(batch).to(image.device), text).cpu().numpy()
-
-    pixels = image.cpu().numpy()
-    return {
-        "deletion": deletion_auc(score, pixels, saliency, steps=steps),
-        "insertion": insertion_auc(score, pixels, saliency, steps=steps),
-    }
-
-
 def _by_image(examples: Iterable[Example]) -> dict[str, list[Example]]:
     """Examples grouped by image, images in order of first appearance."""
     groups: dict[str, list[Example]] = {}
     for example in examples:
         groups.setdefault(example.image_id, []).append(example)
     return groups
-
-
-def rank_and_world() -> tuple[int, int]:
-    """The rank of this process and the world size; (0, 1) without a process group."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def init_distributed(device: str) -> str:
-    """Join torchrun's process group when ``WORLD_SIZE > 1`` (nccl on CUDA, gloo otherwise).
-
-    Returns this rank's device: ``cuda:LOCAL_RANK`` for a CUDA device, else ``device``.
-    """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return device
-    cuda = torch.device(device).type == "cuda"
-    if cuda:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    return device

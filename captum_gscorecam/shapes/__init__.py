@@ -1,6 +1,6 @@
 """The shapes world: synthetic scenes with ground truth, and small CLIP models trained on it."""
 
-from captum_gscorecam.shapes.coco import export_coco, load_coco
+from captum_gscorecam.shapes.coco import export_coco
 from captum_gscorecam.shapes.models import load_shapes_clip, zero_shot_recall
 from captum_gscorecam.shapes.scenes import (
     COLORS,
@@ -22,7 +22,6 @@ __all__ = [
     "ShapesDataset",
     "all_prompts",
     "export_coco",
-    "load_coco",
     "load_shapes_clip",
     "render_scene",
     "zero_shot_recall",

@@ -1,4 +1,7 @@
-"""Export shapes-world scenes as a COCO instances dataset, and read the boxes back."""
+"""Export shapes-world scenes as a COCO instances dataset.
+
+``evaluation.coco.read_coco`` reads it back (checked), as it reads any COCO instances file.
+"""
 
 from __future__ import annotations
 
@@ -33,14 +36,6 @@ def rle_encode(mask: np.ndarray) -> dict[str, list[int]]:
     if flat[0]:
         counts = [0, *counts]
     return {"counts": counts, "size": list(mask.shape)}
-
-
-def rle_decode(rle: dict[str, list[int]]) -> np.ndarray:
-    """The (H, W) bool mask of an uncompressed COCO RLE."""
-    height, width = rle["size"]
-    values = np.arange(len(rle["counts"])) % 2 == 1
-    flat = np.repeat(values, rle["counts"])
-    return flat.reshape((height, width), order="F")
 
 
 def export_coco(
@@ -88,20 +83,3 @@ def export_coco(
         json.dumps({"images": images, "annotations": annotations, "categories": categories})
     )
     return path
-
-
-def load_coco(root: str | Path) -> list[tuple[Path, list[tuple[str, tuple[int, int, int, int]]]]]:
-    """Read ``export_coco``'s output: per image, its path and (category name, x0, y0, x1, y1)
-    boxes with x1, y1 exclusive, in annotation order.
-    """
-    root = Path(root)
-    data = json.loads((root / ANNOTATIONS).read_text())
-    names = {category["id"]: category["name"] for category in data["categories"]}
-    objects: dict[int, list[tuple[str, tuple[int, int, int, int]]]] = {
-        image["id"]: [] for image in data["images"]
-    }
-    for annotation in data["annotations"]:
-        x, y, w, h = (round(v) for v in annotation["bbox"])
-        box = (x, y, x + w, y + h)
-        objects[annotation["image_id"]].append((names[annotation["category_id"]], box))
-    return [(root / IMAGES / image["file_name"], objects[image["id"]]) for image in data["images"]]
