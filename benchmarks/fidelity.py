@@ -25,10 +25,10 @@ from PIL import Image
 from report import emit, total_variation
 
 from captum_gscorecam import GScoreCAM, ScoreCAM, default_layer, encode_text
-from captum_gscorecam.clip import load_clip
 from captum_gscorecam.evaluation import summarize
 from captum_gscorecam.evaluation.datasets import shapes_examples
 from captum_gscorecam.evaluation.scoring import MetricParams, score_map
+from captum_gscorecam.loading import load_clip
 from captum_gscorecam.precision import resolve_precision
 from captum_gscorecam.visualization import upsample
 

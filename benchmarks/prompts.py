@@ -27,7 +27,7 @@ import torch
 from report import emit, total_variation
 
 from captum_gscorecam import GScoreCAM, default_layer, encode_text
-from captum_gscorecam.clip import load_clip
+from captum_gscorecam.loading import load_clip
 from captum_gscorecam.shapes import all_prompts, render_scene
 
 

@@ -29,9 +29,10 @@ import torch
 from report import emit, layer_channels
 
 from captum_gscorecam import default_layer
-from captum_gscorecam.clip import LayerGrid, load_clip
+from captum_gscorecam.clip import LayerGrid
 from captum_gscorecam.evaluation import evaluate
 from captum_gscorecam.evaluation.datasets import shapes_examples
+from captum_gscorecam.loading import load_clip
 
 METRICS = {
     "pointing": "pointing game",

@@ -42,12 +42,12 @@ def build_app(
     """The page: a photo (uploaded or a shapes scene), prompts, method, k and precision in;
     overlays on the photo, the CLIP score per prompt, the time and the maps (``.npy``) out.
 
-    The model is loaded here, once (``usage.load_model``, as the command line loads it); a
-    model that cannot be loaded raises ``usage.UsageError``.
+    The model is loaded here, once (``loading.load_model``, as the command line loads it); a
+    model that cannot be loaded raises its ValueError.
     """
     gr = _gradio()
+    from captum_gscorecam.loading import load_model
     from captum_gscorecam.methods import applicable_methods
-    from captum_gscorecam.usage import load_model
 
     clip, preprocess, tokenizer = load_model(model, pretrained, device)
     explainer = _Explainer(clip, preprocess, tokenizer, device)
@@ -289,11 +289,13 @@ def _gradio() -> Any:
 
 def serve(args: argparse.Namespace) -> None:
     """``gscorecam app``: build the page and serve it until interrupted."""
-    from captum_gscorecam.usage import UsageError, resolve_device
+    from captum_gscorecam.loading import resolve_device
+    from captum_gscorecam.usage import UsageError, usage_errors
 
     _gradio()  # before the model loads: a missing extra is said at once
-    device = resolve_device(args.device)
-    page = build_app(args.model, args.pretrained, device)
+    with usage_errors():
+        device = resolve_device(args.device)
+        page = build_app(args.model, args.pretrained, device)
     try:
         page.launch(
             server_name=args.host, server_port=args.port, prevent_thread_lock=True, quiet=True

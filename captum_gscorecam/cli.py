@@ -17,25 +17,23 @@ from typing import Any
 from captum_gscorecam.app import add_app_parser
 from captum_gscorecam.checks import PRECISIONS
 from captum_gscorecam.evaluation.command import add_evaluate_parser
+from captum_gscorecam.loading import check_model, find_layer, load_model, resolve_device
 from captum_gscorecam.method_names import METHOD_HELP, METHODS
 from captum_gscorecam.usage import (
     TOPK_DEFAULT_HELP,
     Parser,
     UsageError,
-    check_model,
     count_arg,
     device_arg,
     figure_arg,
-    find_layer,
     folder_arg,
     layer_arg,
-    load_model,
     perturbations_arg,
     prompt_arg,
-    resolve_device,
     seed_arg,
     template_arg,
     topk_arg,
+    usage_errors,
 )
 
 __all__ = ["main", "parser"]
@@ -61,8 +59,9 @@ def demo(args: argparse.Namespace) -> None:
     from captum_gscorecam.shapes import render_scene
     from captum_gscorecam.visualization import show_maps, to_image, upsample
 
-    device = resolve_device(args.device)
-    model, preprocess, tokenizer = load_model(f"shapes-{args.tower}", None, device)
+    with usage_errors():
+        device = resolve_device(args.device)
+        model, preprocess, tokenizer = load_model(f"shapes-{args.tower}", None, device)
     methods = [*DEMO_METHODS, "hilacam"] if args.tower == "vit" else list(DEMO_METHODS)
     size = model.visual.image_size
     size = size[0] if isinstance(size, tuple) else size
@@ -108,17 +107,20 @@ def explain(args: argparse.Namespace) -> None:
         raise UsageError(str(error)) from None
     figures = _figure_paths(args.out, paths)
     _check_method_options(args)
-    check_model(args.model, args.pretrained)
+    with usage_errors():
+        check_model(args.model, args.pretrained)
     texts = [args.template.format(prompt) for prompt in args.prompt]
-    device = resolve_device(args.device)
-    model, preprocess, tokenizer = load_model(args.model, args.pretrained, device)
+    with usage_errors():
+        device = resolve_device(args.device)
+        model, preprocess, tokenizer = load_model(args.model, args.pretrained, device)
     from captum_gscorecam.methods import check_method
 
     try:
         check_method(model, args.method)
     except ValueError as error:
         raise UsageError(f"argument --method: {str(error).partition(': ')[2]}") from None
-    layer = None if args.layer is None else find_layer(model, args.layer)
+    with usage_errors():
+        layer = None if args.layer is None else find_layer(model, args.layer)
     _explain_photos(args, paths, figures, texts, model, preprocess, tokenizer, layer)
 
 

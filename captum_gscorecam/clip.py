@@ -27,11 +27,9 @@ __all__ = [
     "encode_text",
     "gradcam_layer",
     "grid_tap",
-    "hf_preprocess",
     "image_features",
     "image_input",
     "is_clip_model",
-    "load_clip",
     "model_images",
     "token_blocks",
 ]
@@ -562,107 +560,6 @@ class TextScorer:
     def __call__(self, images: Tensor, image_index: Tensor) -> Tensor:
         image_emb = self.similarity.embed_images(images)
         return self.similarity.score_embeddings(image_emb, self.text[image_index], self.name)
-
-
-def load_clip(
-    name: str, pretrained: str | None = None, device: str | torch.device = "cpu"
-) -> tuple[nn.Module, Callable[..., Tensor], Callable[..., Any]]:
-    """``(model, preprocess, tokenizer)`` for a shipped shapes model, open_clip or Hugging Face.
-
-    ``name`` is ``shapes-rn`` / ``shapes-vit`` (bundled, offline), an open_clip model name
-    (e.g. ``RN50``, ``ViT-B-16``) with ``pretrained`` a tag (``openai``) or a checkpoint path,
-    or ``hf:`` and a Hugging Face repo id or local folder of a CLIP or SigLIP model (e.g.
-    ``hf:openai/clip-vit-base-patch16``; needs ``transformers``, the ``hf`` extra).
-    """
-    if name.startswith("shapes-"):
-        from captum_gscorecam.shapes import load_shapes_clip
-
-        return load_shapes_clip(name.removeprefix("shapes-"), device=device)
-    if name.startswith("hf:"):
-        return _load_hf_clip(name.removeprefix("hf:"), pretrained, device)
-    import open_clip
-
-    if name not in open_clip.list_models():
-        raise ValueError(
-            f"model: unknown model {name!r}; expected shapes-rn, shapes-vit, an open_clip "
-            "model name such as RN50 or ViT-B-16, or hf:<Hugging Face repo id or folder>"
-        )
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        name, pretrained=pretrained, device=device
-    )
-    return model.eval(), preprocess, open_clip.get_tokenizer(name)
-
-
-_HF_MODEL_TYPES = ("clip", "siglip")
-
-
-def _load_hf_clip(
-    source: str, pretrained: str | None, device: str | torch.device
-) -> tuple[nn.Module, Callable[..., Tensor], Callable[..., Any]]:
-    """A Hugging Face CLIP or SigLIP model, its image preprocess and its tokenizer."""
-    if not source:
-        raise ValueError("model: expected hf:<Hugging Face repo id or local folder>, got 'hf:'")
-    if pretrained is not None:
-        raise ValueError(
-            "pretrained: not used with hf: models; the repo id or folder names the weights"
-        )
-    try:
-        from transformers import AutoConfig, AutoModel, AutoProcessor
-    except ImportError:
-        raise ValueError(
-            "model: hf: models need transformers; pip install 'captum-gscorecam[hf]'"
-        ) from None
-    model_type = AutoConfig.from_pretrained(source).model_type
-    if model_type not in _HF_MODEL_TYPES:
-        raise ValueError(
-            f"model: {source!r} is a {model_type!r} model; hf: supports {list(_HF_MODEL_TYPES)}"
-        )
-    model = AutoModel.from_pretrained(source).to(device).eval()
-    processor = AutoProcessor.from_pretrained(source)
-    return model, hf_preprocess(processor.image_processor), processor.tokenizer
-
-
-# PIL's resampling filters by number, as Hugging Face image processors store them.
-_RESAMPLING = {0: "NEAREST", 1: "LANCZOS", 2: "BILINEAR", 3: "BICUBIC", 4: "BOX", 5: "HAMMING"}
-
-
-def hf_preprocess(image_processor: Any) -> Callable[..., Tensor]:
-    """A Hugging Face image processor's steps as a torchvision transform (PIL -> ``(3, H, W)``).
-
-    Resize (shortest edge, or to height x width), centre crop, scale to [0, 1] and normalise,
-    as the processor's settings say; a torchvision ``Compose`` like open_clip's preprocess, so
-    callers can read its ``Normalize`` mean and std.
-    """
-    from torchvision import transforms
-
-    steps: list[Callable[..., Any]] = [_to_rgb]
-    resample = image_processor.resample
-    mode = (
-        resample
-        if isinstance(resample, transforms.InterpolationMode)
-        else getattr(transforms.InterpolationMode, _RESAMPLING.get(int(resample), "BICUBIC"))
-    )
-    size = image_processor.size
-    if image_processor.do_resize:
-        if size.get("shortest_edge"):
-            steps.append(transforms.Resize(size["shortest_edge"], interpolation=mode))
-        elif size.get("height") and size.get("width"):
-            steps.append(transforms.Resize((size["height"], size["width"]), interpolation=mode))
-        else:
-            raise ValueError(f"model: unsupported image processor size {dict(size)}")
-    crop = getattr(image_processor, "crop_size", None)
-    if getattr(image_processor, "do_center_crop", False) and crop:
-        steps.append(transforms.CenterCrop((crop["height"], crop["width"])))
-    steps.append(transforms.ToTensor())
-    if image_processor.do_normalize:
-        steps.append(
-            transforms.Normalize(list(image_processor.image_mean), list(image_processor.image_std))
-        )
-    return transforms.Compose(steps)
-
-
-def _to_rgb(image: Any) -> Any:
-    return image.convert("RGB")
 
 
 @contextmanager

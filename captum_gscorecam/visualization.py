@@ -147,7 +147,7 @@ def _geometry(preprocess: Any) -> list[Any]:
     if not isinstance(steps, (list, tuple)):
         raise TypeError(
             "preprocess: expected a torchvision Compose (open_clip's preprocess, "
-            "captum_gscorecam.clip.hf_preprocess or load_clip's), got "
+            "captum_gscorecam.loading.hf_preprocess or load_clip's), got "
             f"{type(preprocess).__name__}"
         )
     return list(steps)
@@ -231,7 +231,7 @@ def to_photo(
     ``maps`` ``(T, h, w)`` cover the preprocessed image (e.g. ``attr[0]`` of ``GScoreCAM``);
     ``photo_size`` is PIL's ``(width, height)`` of the photo before ``preprocess``, a torchvision
     ``Compose`` whose ``Resize`` and ``CenterCrop`` steps are undone (open_clip's preprocess,
-    ``clip.hf_preprocess``, ``load_clip``'s). Each photo pixel takes the bilinear value of the
+    ``loading.hf_preprocess``, ``load_clip``'s). Each photo pixel takes the bilinear value of the
     maps at its centre, as ``LayerAttribution.interpolate(maps, size, "bilinear")`` would on the
     model input; pixels the centre crop cut away get NaN.
 

@@ -13,10 +13,11 @@ from PIL import Image
 from torchvision import transforms
 
 import captum_gscorecam.cli as cli
-import captum_gscorecam.usage as usage
+import captum_gscorecam.loading as loading
 from captum_gscorecam.cli import main
-from captum_gscorecam.clip import encode_text, load_clip
+from captum_gscorecam.clip import encode_text
 from captum_gscorecam.images import expand_images, read_image
+from captum_gscorecam.loading import load_clip
 from captum_gscorecam.methods import explain_maps
 from captum_gscorecam.shapes import render_scene
 
@@ -243,7 +244,7 @@ def test_cuda_without_a_gpu_is_named(capsys, no_model, scene_png):
 
 
 def test_auto_device_is_cuda_when_there_is_one():
-    assert usage.resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert loading.resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @pytest.mark.parametrize(
@@ -313,7 +314,7 @@ def test_a_checkpoint_that_does_not_fit_names_the_differences(tmp_path, capsys, 
     torch.save(state, tmp_path / "other.pt")
     Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
     # RN50 stands in for an open_clip name with shapes-rn's architecture: no RN50 is built.
-    monkeypatch.setattr("captum_gscorecam.clip.load_clip", lambda *a: rn)
+    monkeypatch.setattr("captum_gscorecam.loading.load_clip", lambda *a: rn)
     argv = ["explain", str(tmp_path / "x.png"), "--prompt", "x", "--model", "RN50"]
     assert main([*argv, "--pretrained", str(tmp_path / "other.pt")]) == 2
     err = " ".join(one_line_error(capsys).split())
@@ -334,7 +335,7 @@ def test_offline_fails_at_once_without_the_network(tmp_path, capsys, monkeypatch
     import huggingface_hub.constants
 
     offline_before = huggingface_hub.constants.HF_HUB_OFFLINE
-    assert not usage.hub_reachable()
+    assert not loading.hub_reachable()
     argv = ["explain", str(scene_png[0]), "--prompt", "x", "--model", "hf:nobody/no-such-clip"]
     assert main(argv) == 2
     err = one_line_error(capsys)
@@ -413,10 +414,3 @@ def test_the_package_exports_lazily():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "True"
-
-
-def test_load_clip_shapes_is_eval_and_on_cpu():
-    model, _, tokenizer = load_clip("shapes-rn")
-    assert not model.training
-    assert next(model.parameters()).device == torch.device("cpu")
-    assert tokenizer(["a red circle"]).dtype == torch.long

@@ -15,7 +15,7 @@ import torch
 from conftest import tiny_vit
 from PIL import Image
 
-import captum_gscorecam.usage as usage
+import captum_gscorecam.loading as loading
 from captum_gscorecam.cli import main
 from captum_gscorecam.evaluation import coco_examples, evaluate, shapes_examples
 from captum_gscorecam.evaluation.store import LOCK_FILE, locked
@@ -53,7 +53,7 @@ def no_model(monkeypatch):
     def refuse(*_):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(usage, "load_model", refuse)
+    monkeypatch.setattr(loading, "load_model", refuse)
 
 
 def refused(argv, capsys):

@@ -28,8 +28,9 @@ from captum_gscorecam import (
     default_layer,
     encode_text,
 )
-from captum_gscorecam.clip import LayerGrid, hf_preprocess, is_clip_model, load_clip, token_blocks
+from captum_gscorecam.clip import LayerGrid, is_clip_model, token_blocks
 from captum_gscorecam.hila import explicit_attention
+from captum_gscorecam.loading import hf_preprocess, load_clip
 from captum_gscorecam.methods import applicable_methods, explain_maps
 
 transformers = pytest.importorskip("transformers")

@@ -132,15 +132,17 @@ def evaluate_command(args: argparse.Namespace) -> None:
     )
     from captum_gscorecam.evaluation.scoring import MetricParams
     from captum_gscorecam.evaluation.store import check_resumable, locked
+    from captum_gscorecam.loading import check_model, load_model, resolve_device
     from captum_gscorecam.methods import applicable_methods, check_method
     from captum_gscorecam.precision import precision_name, resolve_precision
-    from captum_gscorecam.usage import UsageError, check_model, load_model, resolve_device
+    from captum_gscorecam.usage import UsageError, usage_errors
 
     params = MetricParams(
         tolerance=args.tolerance,
         faithfulness_steps=args.faithfulness_steps if args.faithfulness else None,
     )
-    check_model(args.model, args.pretrained)
+    with usage_errors():
+        check_model(args.model, args.pretrained)
     try:
         run = _run_description(args)
         coco = _coco_images(args, run)
@@ -149,9 +151,12 @@ def evaluate_command(args: argparse.Namespace) -> None:
                 pass
     except ValueError as error:
         raise UsageError(str(error)) from None
-    device = init_distributed(resolve_device(args.device))
+    with usage_errors():
+        device = resolve_device(args.device)
+    device = init_distributed(device)
     try:
-        model, preprocess, tokenizer = load_model(args.model, args.pretrained, device)
+        with usage_errors():
+            model, preprocess, tokenizer = load_model(args.model, args.pretrained, device)
         try:
             methods = check_methods(args.methods or applicable_methods(model))
             for method in methods:
