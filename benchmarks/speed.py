@@ -7,8 +7,8 @@ Side by side in one process (timings) and one fresh process per case (peak memor
 - Captum's LayerGradCam through CLIPSimilarity (1 forward + 1 backward: the capture pass);
 - the floor: k (or C) forward passes of the image tower in batches of perturbations_per_eval;
 - the precision table: gScoreCAM and ScoreCAM end to end with float32 masked passes against a
-  bfloat16 (or float16) copy of the image tower, side by side in one process, the cost of
-  making the copy, and gScoreCAM under the deprecated ``autocast``.
+  bfloat16 (or float16) copy of the image tower, side by side in one process, and the cost of
+  making the copy.
 
     python benchmarks/speed.py --out benchmarks/results/speed-cpu.md
 
@@ -27,7 +27,6 @@ import statistics
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from datetime import date
 
@@ -90,13 +89,6 @@ class Setup:
             (cam or ScoreCAM(self.model, self.layer)).attribute(
                 self.image, target=target, perturbations_per_eval=self.ppe, precision=precision
             )
-        elif case == "gscorecam_autocast":
-            with warnings.catch_warnings():  # deprecated: timed to show why
-                warnings.simplefilter("ignore", FutureWarning)
-                GScoreCAM(self.model, self.layer).attribute(
-                    self.image, target=target, topk=0.1, perturbations_per_eval=self.ppe,
-                    autocast=PRECISION_DTYPES[precision],
-                )  # fmt: skip
         elif case == "gradcam":
             LayerGradCam(self.similarity, self.layer).attribute(
                 self.image, additional_forward_args=(text[0],)
@@ -306,7 +298,7 @@ def precision_table(args: argparse.Namespace, name: str) -> list[str]:
     copy = cams["gscorecam", reduced].reduced_tower
     times: dict[tuple[str, str | None], list[tuple[float, float]]] = {}
     plan = [("gscorecam", None), ("gscorecam", reduced)] * args.repeats
-    plan += [("gscorecam_autocast", reduced), ("scorecam", None), ("scorecam", reduced)]
+    plan += [("scorecam", None), ("scorecam", reduced)]
     for case, precision in plan:
         times.setdefault((case, precision), []).append(run(case, precision))
     cpu = {key: statistics.median(t[0] for t in value) for key, value in times.items()}
@@ -344,11 +336,6 @@ def precision_table(args: argparse.Namespace, name: str) -> list[str]:
             f"ScoreCAM (the {reduced} run makes its copy)",
             ("scorecam", None),
             ("scorecam", reduced),
-        ),
-        row(
-            f"gScoreCAM under `autocast={reduced}` (deprecated)",
-            gscorecam,
-            ("gscorecam_autocast", reduced),
         ),
         "",
         f"- the {reduced} copy of the image tower: {copy.nbytes / 2**20:.1f} MiB, made in "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -17,30 +16,16 @@ from captum_gscorecam.checks import (
     check_topk,
     describe,
 )
-from captum_gscorecam.clip import (
-    CLIPSimilarity,
-    CustomGrid,
-    LayerGrid,
-    TextScorer,
-    ZeroShotClassifier,
-    is_clip_model,
-)
-from captum_gscorecam.clip import model_images as clip_model_images
-from captum_gscorecam.engine import (
-    ALL_CHANNELS,
-    Scorer,
-    default_chunk,
-    exclusive,
-    restored,
-    score_cam,
-)
-from captum_gscorecam.precision import (
-    AutocastScorer,
+from captum_gscorecam.clip import CLIPSimilarity, CustomGrid, LayerGrid, is_clip_model
+from captum_gscorecam.engine import Scorer, default_chunk, exclusive, restored, score_cam
+from captum_gscorecam.precision import ReducedTower, resolve_precision
+from captum_gscorecam.scorers import (
     ReducedTextScorer,
-    ReducedTower,
-    resolve_precision,
+    TextScorer,
+    make_scorer,
+    model_images,
+    model_of,
 )
-from captum_gscorecam.targets import TargetScorer
 
 __all__ = ["GScoreCAM", "ScoreCAM"]
 
@@ -68,6 +53,8 @@ class _MaskedLayerCAM(LayerAttribution):
                 f"got {type(forward_func).__name__}"
             )
         LayerAttribution.__init__(self, forward_func, layer, device_ids)
+        # the model the calls touch: locked, put in eval mode, its tower's token layout read
+        self.model = model_of(self.forward_func)
         # the reduced-precision image tower of the last call with `precision`, kept for the next
         self.reduced_tower: ReducedTower | None = None
 
@@ -76,21 +63,21 @@ class _MaskedLayerCAM(LayerAttribution):
         inputs: Tensor | tuple[Tensor],
         target: object,
         additional_forward_args: Any,
-        topk: int | float | str | None,
+        *,
+        rank_by_gradient: bool,
+        topk: int | float | None = None,
         perturbations_per_eval: int | None,
         relu_attributions: bool,
         attribute_to_layer_input: bool,
         reshape_transform: Callable[[Tensor], Tensor] | None,
         show_progress: bool,
-        autocast: torch.dtype | None,
         early_stop: float | None = None,
-        authors_code: bool = False,
-        precision: str | torch.dtype | None = None,
+        authors_code: bool,
+        precision: str | torch.dtype | None,
     ) -> Tensor:
+        """The maps of :meth:`attribute`: arguments checked, the scorers made, the engine run."""
         images = check_inputs(inputs)
         authors_code = check_flag(authors_code, "authors_code")
-        if autocast is not None:
-            precision = _deprecated_autocast(autocast, precision)
         resolve_precision(precision, images.device)  # checked before the model is touched
         perturbations_per_eval = check_perturbations_per_eval(perturbations_per_eval)
         relu_attributions = check_flag(relu_attributions, "relu_attributions")
@@ -101,24 +88,22 @@ class _MaskedLayerCAM(LayerAttribution):
                 "reshape_transform: expected None or a callable, "
                 f"got {type(reshape_transform).__name__}"
             )
-        model = getattr(self.forward_func, "model", None)
         view = (
             CustomGrid(reshape_transform)
             if reshape_transform is not None
-            else LayerGrid.for_model(model)
+            else LayerGrid.for_model(self.model)
         )
-        module = self.forward_func if isinstance(self.forward_func, nn.Module) else None
-        with exclusive(model_of(self.forward_func)), torch.inference_mode(False):
+        with exclusive(self.model), torch.inference_mode(False):
             x = model_images(self.forward_func, images)
             scorer = make_scorer(self.forward_func, x, target, additional_forward_args)
-            dtype = resolve_precision(precision, x.device)
-            masked_scorer = self._masked_scorer(scorer, dtype, autocast)
-            with restored(module):
+            masked_scorer = self._masked_scorer(scorer, resolve_precision(precision, x.device))
+            with restored(self.model):
                 maps = score_cam(
                     scorer,
                     self.layer,
                     x,
                     view,
+                    rank_by_gradient=rank_by_gradient,
                     topk=topk,
                     perturbations_per_eval=perturbations_per_eval or default_chunk(x.device),
                     relu=relu_attributions,
@@ -130,25 +115,20 @@ class _MaskedLayerCAM(LayerAttribution):
                 )
         return maps.to(images.device)
 
-    def _masked_scorer(
-        self, scorer: Scorer, dtype: torch.dtype | None, autocast: torch.dtype | None
-    ) -> Scorer | None:
+    def _masked_scorer(self, scorer: Scorer, dtype: torch.dtype | None) -> Scorer | None:
         """The masked passes' scorer: the image tower copied in ``dtype`` (cached on this
         object, remade when the model's tower changes) or None, the capture pass's scorer.
         """
         if dtype is None:
             return None
         if not isinstance(scorer, TextScorer):
-            if autocast is not None:  # the deprecated option on a non-CLIP forward function
-                return AutocastScorer(scorer, autocast)
             raise ValueError(
                 "precision: a reduced-precision image tower needs a CLIP model as forward_func "
                 "and text embeddings as target; use precision=None"
             )
-        model = scorer.similarity.model
-        if self.reduced_tower is None or not self.reduced_tower.matches(model, dtype):
+        if self.reduced_tower is None or not self.reduced_tower.matches(self.model, dtype):
             self.reduced_tower = None  # the stale copy goes before the next one is made
-            self.reduced_tower = ReducedTower(model, dtype)
+            self.reduced_tower = ReducedTower(self.model, dtype)
         return ReducedTextScorer(self.reduced_tower, scorer)
 
 
@@ -207,7 +187,6 @@ class GScoreCAM(_MaskedLayerCAM, GradientAttribution):
         attribute_to_layer_input: bool = False,
         reshape_transform: Callable[[Tensor], Tensor] | None = None,
         show_progress: bool = False,
-        autocast: torch.dtype | None = None,
         early_stop: float | None = None,
         authors_code: bool = False,
         precision: str | torch.dtype | None = None,
@@ -253,10 +232,6 @@ class GScoreCAM(_MaskedLayerCAM, GradientAttribution):
                         Default: None
             show_progress (bool, optional): Show a progress bar over the masked passes.
                         Default: False
-            autocast (torch.dtype, optional): Deprecated: use ``precision``, which it
-                        now means (with a FutureWarning) for CLIP models; other forward
-                        functions keep ``torch.autocast`` until it is removed.
-                        Default: None
             early_stop (float, optional): An opt-in approximation: score each image's
                         channels in descending gradient order, ``perturbations_per_eval``
                         at a time, and stop once a chunk changes no prompt's map by more
@@ -297,16 +272,16 @@ class GScoreCAM(_MaskedLayerCAM, GradientAttribution):
             inputs,
             target,
             additional_forward_args,
-            topk,
-            perturbations_per_eval,
-            relu_attributions,
-            attribute_to_layer_input,
-            reshape_transform,
-            show_progress,
-            autocast,
-            early_stop,
-            authors_code,
-            precision,
+            rank_by_gradient=True,
+            topk=topk,
+            perturbations_per_eval=perturbations_per_eval,
+            relu_attributions=relu_attributions,
+            attribute_to_layer_input=attribute_to_layer_input,
+            reshape_transform=reshape_transform,
+            show_progress=show_progress,
+            early_stop=early_stop,
+            authors_code=authors_code,
+            precision=precision,
         )
 
 
@@ -347,7 +322,6 @@ class ScoreCAM(_MaskedLayerCAM, PerturbationAttribution):
         attribute_to_layer_input: bool = False,
         reshape_transform: Callable[[Tensor], Tensor] | None = None,
         show_progress: bool = False,
-        autocast: torch.dtype | None = None,
         authors_code: bool = False,
         precision: str | torch.dtype | None = None,
     ) -> Tensor:
@@ -356,108 +330,15 @@ class ScoreCAM(_MaskedLayerCAM, PerturbationAttribution):
             inputs,
             target,
             additional_forward_args,
-            ALL_CHANNELS,
-            perturbations_per_eval,
-            relu_attributions,
-            attribute_to_layer_input,
-            reshape_transform,
-            show_progress,
-            autocast,
+            rank_by_gradient=False,
+            perturbations_per_eval=perturbations_per_eval,
+            relu_attributions=relu_attributions,
+            attribute_to_layer_input=attribute_to_layer_input,
+            reshape_transform=reshape_transform,
+            show_progress=show_progress,
             authors_code=authors_code,
             precision=precision,
         )
-
-
-def _deprecated_autocast(
-    autocast: torch.dtype, precision: str | torch.dtype | None
-) -> str | torch.dtype | None:
-    """``precision`` as the deprecated ``autocast`` asks for it, with a FutureWarning."""
-    if not (isinstance(autocast, torch.dtype) and autocast.is_floating_point):
-        raise TypeError(f"autocast: expected None or a floating torch.dtype, got {autocast!r}")
-    if precision is not None:
-        raise ValueError("autocast: deprecated in favour of precision; pass only precision")
-    warnings.warn(
-        f"autocast is deprecated and will be removed; use precision={autocast} (a copy of the "
-        "image tower in that dtype, faster than torch.autocast on every tower measured)",
-        FutureWarning,
-        stacklevel=4,
-    )
-    return autocast
-
-
-def model_of(forward_func: Callable[..., Tensor]) -> nn.Module | None:
-    """The model an attribution call touches (hooks, modes), whose lock the call holds.
-
-    None for a plain callable, whose model cannot be seen.
-    """
-    if isinstance(forward_func, CLIPSimilarity | ZeroShotClassifier):
-        return forward_func.model
-    if isinstance(forward_func, nn.Module):
-        return forward_func
-    owner = getattr(forward_func, "__self__", None)  # a bound method such as model.forward
-    return owner if isinstance(owner, nn.Module) else None
-
-
-def model_images(forward_func: Callable[..., Tensor], images: Tensor) -> Tensor:
-    """The images as ``forward_func`` takes them, usable by autograd.
-
-    For a CLIP model (its CLIPSimilarity or ZeroShotClassifier): checked against the tower's
-    channels and size and converted to its dtype and device
-    (:func:`~captum_gscorecam.clip.model_images`). Images made under ``torch.inference_mode``
-    are copied (autograd cannot record them).
-    """
-    if isinstance(forward_func, CLIPSimilarity | ZeroShotClassifier):
-        images = clip_model_images(forward_func.model, images, "inputs")
-    return images.clone() if images.is_inference() else images
-
-
-def make_scorer(
-    forward_func: Callable[..., Tensor],
-    images: Tensor,
-    target: object,
-    additional_forward_args: Any,
-) -> Scorer:
-    """The per-image scorer of a call: text embeddings with a CLIP model, else Captum's target.
-
-    With a :class:`CLIPSimilarity` the text embedding is the target, or (Captum's way) the one
-    additional forward argument, with ``target`` indexing its scores.
-    """
-    n = images.shape[0]
-    clip = isinstance(forward_func, CLIPSimilarity)
-    if isinstance(target, Tensor) and target.is_floating_point():
-        if not clip:
-            raise TypeError(
-                "target: a floating-point target is a text embedding and needs a CLIP model "
-                "(or CLIPSimilarity) as forward_func; use integer targets for other models"
-            )
-        if additional_forward_args is not None:
-            raise ValueError(
-                "additional_forward_args: must be None when target is a text embedding"
-            )
-        text = _text_per_image(target, n, "target").to(images.device)
-        return TextScorer(forward_func, text.clone() if text.is_inference() else text)
-    if clip and additional_forward_args is None:
-        raise ValueError(
-            "target: a CLIP model scores images against a text embedding; expected a float "
-            "tensor (D,), (N, D) or (N, T, D) such as encode_text(model, tokenizer, prompts), "
-            f"got {describe(target)} (for class indices, wrap the model and the class texts "
-            "in ZeroShotClassifier(model, text_emb))"
-        )
-    if clip:
-        args = additional_forward_args
-        args = args if isinstance(args, tuple) else (args,)
-        if len(args) != 1 or not (isinstance(args[0], Tensor) and args[0].is_floating_point()):
-            raise TypeError(
-                "additional_forward_args: CLIPSimilarity takes one additional argument, a "
-                "float text embedding (D,), (N, D) or (N, T, D), got "
-                f"{', '.join(describe(arg) for arg in args) or 'none'}"
-            )
-        text = _text_per_image(args[0], n, "additional_forward_args")
-        if target is None:  # Captum's way: the text embedding as the forward's argument
-            text = text.to(images.device)
-            text = text.clone() if text.is_inference() else text
-            return TextScorer(forward_func, text, "additional_forward_args")
-    return TargetScorer(forward_func, target, additional_forward_args, n, images.device)
 
 
 def check_inputs(inputs: Tensor | tuple[Tensor]) -> Tensor:
@@ -476,29 +357,3 @@ def check_inputs(inputs: Tensor | tuple[Tensor]) -> Tensor:
     if not bool(torch.isfinite(inputs).all()):
         raise ValueError("inputs: contains NaN or infinite values")
     return inputs
-
-
-def _text_per_image(text: Tensor, n: int, name: str) -> Tensor:
-    """A text embedding (the argument ``name``) as ``(N, T, D)``, checked: finite, not zero."""
-    if text.dim() not in (1, 2, 3) or text.shape[-1] == 0:
-        raise ValueError(
-            f"{name}: expected a text embedding (D,), (N, D) or (N, T, D), "
-            f"got shape {tuple(text.shape)}"
-        )
-    if text.dim() > 1 and text.shape[0] != n:
-        raise ValueError(
-            f"{name}: text embeddings for {text.shape[0]} images, but inputs hold {n} "
-            "(use shape (D,) for one text for every image)"
-        )
-    if text.dim() == 3 and text.shape[1] == 0:
-        raise ValueError(
-            f"{name}: expected at least one prompt per image, got shape {tuple(text.shape)}"
-        )
-    if not bool(text.isfinite().all()):
-        raise ValueError(f"{name}: the text embedding contains NaN or infinite values")
-    # F.normalize's eps: below it, the cosine is 0 for every image (a constant score)
-    if bool((text.norm(dim=-1) <= 1e-12).any()):
-        raise ValueError(f"{name}: a text embedding is all zeros (it matches no image)")
-    if text.dim() == 1:
-        return text.expand(n, 1, -1)
-    return text.unsqueeze(1) if text.dim() == 2 else text

@@ -544,24 +544,6 @@ class CustomGrid:
         return grid
 
 
-class TextScorer:
-    """Scores images against the text embeddings of the input image they belong to.
-
-    ``text`` is ``(N, T, D)``; a masked image of input n gets ``(T,)`` scores, one per prompt,
-    from a single pass through the image tower. Errors about the text name ``name``. The
-    images are the caller's, already checked (:func:`model_images`).
-    """
-
-    def __init__(self, similarity: CLIPSimilarity, text: Tensor, name: str = "target") -> None:
-        self.similarity = similarity
-        self.text = text
-        self.name = name
-
-    def __call__(self, images: Tensor, image_index: Tensor) -> Tensor:
-        image_emb = self.similarity.embed_images(images)
-        return self.similarity.score_embeddings(image_emb, self.text[image_index], self.name)
-
-
 @contextmanager
 def grid_tap(model: nn.Module, layer: nn.Module) -> Iterator[nn.Module]:
     """A module whose output is ``layer``'s output as a ``(N, C, h, w)`` grid, for Captum.

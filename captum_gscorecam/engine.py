@@ -28,7 +28,7 @@ import warnings
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Final, Literal, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,6 @@ from tqdm.auto import tqdm
 from captum_gscorecam.checks import default_topk
 
 __all__ = [
-    "ALL_CHANNELS",
     "GridView",
     "Scorer",
     "channel_masks",
@@ -54,8 +53,6 @@ MINMAX_EPS = 1e-6
 # accelerators want large ones.
 CPU_CHUNK = 16
 ACCELERATOR_CHUNK = 64
-# score_cam's topk for ScoreCAM: every channel, no gradient pass
-ALL_CHANNELS: Final = "all"
 
 
 def default_chunk(device: torch.device) -> int:
@@ -245,7 +242,8 @@ def score_cam(
     inputs: Tensor,
     view: GridView,
     *,
-    topk: int | float | Literal["all"] | None,
+    rank_by_gradient: bool,
+    topk: int | float | None = None,
     perturbations_per_eval: int,
     relu: bool,
     layer_input: bool,
@@ -254,17 +252,19 @@ def score_cam(
     early_stop: float | None = None,
     authors_code: bool = False,
 ) -> Tensor:
-    """Maps ``(N, T, h, w)``; ``topk=ALL_CHANNELS`` scores every channel (ScoreCAM).
+    """Maps ``(N, T, h, w)``.
 
-    ``topk`` is a channel count (clipped to C), a fraction of C in (0, 1], rounded up, or
-    None for ``default_topk`` of the layer. ``masked_scorer`` scores the masked images
-    (default: ``scorer``, which also makes the capture pass). ``early_stop`` (see
-    :func:`_early_stopped`) is an opt-in approximation; None is exact. ``authors_code``
-    switches to the authors' code's mask upsampling and softmax (module docstring).
+    With ``rank_by_gradient`` (gScoreCAM) the capture pass takes the gradient and only the
+    ``topk`` channels of largest ``alpha`` are scored: ``topk`` is a channel count (clipped to
+    C), a fraction of C in (0, 1], rounded up, or None for ``default_topk`` of the layer.
+    Without it (ScoreCAM) every channel is scored and no backward pass is made.
+    ``masked_scorer`` scores the masked images (default: ``scorer``, which also makes the
+    capture pass). ``early_stop`` (see :func:`_early_stopped`) is an opt-in approximation; None
+    is exact. ``authors_code`` switches to the authors' code's mask upsampling and softmax
+    (module docstring).
     """
-    every_channel = topk == ALL_CHANNELS
     activations, importance, n_prompts, tokens = capture(
-        scorer, layer, inputs, view, with_gradient=not every_channel, layer_input=layer_input
+        scorer, layer, inputs, view, with_gradient=rank_by_gradient, layer_input=layer_input
     )
     n, c = activations.shape[:2]
     if importance is None:

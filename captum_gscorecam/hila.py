@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from captum.attr import GradientAttribution
 from torch import Tensor, nn
 
-from captum_gscorecam.attribution import check_inputs, make_scorer, model_images, model_of
+from captum_gscorecam.attribution import check_inputs
 from captum_gscorecam.checks import describe
 from captum_gscorecam.clip import (
     CLIPSimilarity,
@@ -34,6 +34,7 @@ from captum_gscorecam.clip import (
     token_blocks,
 )
 from captum_gscorecam.engine import exclusive, restored
+from captum_gscorecam.scorers import make_scorer, model_images, model_of
 
 __all__ = ["HilaCAM", "explicit_attention"]
 

@@ -20,13 +20,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captum_gscorecam.checks import PRECISIONS
-from captum_gscorecam.clip import CLIPSimilarity, TextScorer
-from captum_gscorecam.engine import Scorer
+from captum_gscorecam.clip import CLIPSimilarity
 
 __all__ = [
     "PRECISIONS",
-    "AutocastScorer",
-    "ReducedTextScorer",
     "ReducedTower",
     "precision_name",
     "resolve_precision",
@@ -136,37 +133,6 @@ class ReducedTower:
         if images.device.type == "cpu":
             images = images.contiguous(memory_format=torch.channels_last)
         return F.normalize(self.tower(images).float(), dim=-1)
-
-
-class ReducedTextScorer:
-    """:class:`~captum_gscorecam.clip.TextScorer`'s scores with the image embeddings of a
-    :class:`ReducedTower`: ``logit_scale * cos`` in float32, shape ``(B, T)``.
-    """
-
-    def __init__(self, tower: ReducedTower, scorer: TextScorer) -> None:
-        self.tower = tower
-        self.similarity = scorer.similarity
-        self.text = scorer.text
-
-    def __call__(self, images: Tensor, image_index: Tensor) -> Tensor:
-        """Scores ``(B, T)`` of ``images`` against their input images' prompts."""
-        embeddings = self.tower.embed_images(images)
-        return self.similarity.score_embeddings(embeddings, self.text[image_index])
-
-
-class AutocastScorer:
-    """A scorer run under ``torch.autocast`` in ``dtype``: the deprecated ``autocast`` option
-    for forward functions that are not CLIP models.
-    """
-
-    def __init__(self, scorer: Scorer, dtype: torch.dtype) -> None:
-        self.scorer = scorer
-        self.dtype = dtype
-
-    def __call__(self, images: Tensor, image_index: Tensor) -> Tensor:
-        """The wrapped scorer's scores ``(B, T)``, computed under autocast."""
-        with torch.autocast(images.device.type, dtype=self.dtype):
-            return self.scorer(images, image_index)
 
 
 def image_tower(model: nn.Module) -> nn.Module:

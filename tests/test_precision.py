@@ -152,26 +152,21 @@ def test_fp32_is_the_exact_path(rn):
     assert cam.reduced_tower is None
 
 
-def test_autocast_is_deprecated_and_means_precision(rn):
-    x = images_for(rn, 1)
-    text = texts(1, 1)
-    cam = GScoreCAM(rn, default_layer(rn))
-    with pytest.warns(FutureWarning, match="precision=torch.bfloat16"):
-        old = cam.attribute(x, target=text, topk=3, autocast=torch.bfloat16)
-    assert torch.equal(old, cam.attribute(x, target=text, topk=3, precision=torch.bfloat16))
-    with pytest.raises(ValueError, match="autocast: deprecated in favour of precision"):
-        cam.attribute(x, target=text, topk=3, autocast=torch.bfloat16, precision="bf16")
+@pytest.mark.parametrize("cam_class", [GScoreCAM, ScoreCAM])
+def test_autocast_was_removed(rn, cam_class):
+    cam = cam_class(rn, default_layer(rn))
+    with pytest.raises(TypeError, match="autocast"):
+        cam.attribute(images_for(rn, 1), target=texts(1, 1), autocast=torch.bfloat16)
+    assert cam.reduced_tower is None
 
 
-def test_autocast_keeps_working_for_other_forward_functions():
+def test_precision_needs_a_clip_model():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     cam = ScoreCAM(model, model[0])
-    with pytest.warns(FutureWarning):
-        maps = cam.attribute(x, target=1, autocast=torch.bfloat16)
-    assert torch.allclose(maps, cam.attribute(x, target=1), rtol=0.05, atol=1e-3)
     with pytest.raises(ValueError, match="precision: a reduced-precision image tower needs a CLIP"):
         cam.attribute(x, target=1, precision="bf16")
+    assert cam.reduced_tower is None
 
 
 @pytest.mark.parametrize("precision", ["int8", "half", torch.int8, torch.float64, 16])

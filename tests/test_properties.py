@@ -134,13 +134,12 @@ def test_larger_k_scores_more_channels(rn):
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_autocast_bfloat16_stays_close_to_full_precision(request, name):
+def test_bfloat16_stays_close_to_full_precision(request, name):
     model, cam = cam_for(request, name)
     x = images_for(model, 3, seed=14)
     text = texts(3, 2, seed=15)
     full = cam.attribute(x, target=text, topk=0.25)
-    with pytest.warns(FutureWarning, match="autocast is deprecated"):  # it means precision
-        half = cam.attribute(x, target=text, topk=0.25, autocast=torch.bfloat16)
+    half = cam.attribute(x, target=text, topk=0.25, precision=torch.bfloat16)
     assert half.dtype == torch.float32
     peak = full.flatten(2).amax(-1)[..., None, None]
     assert ((full - half).abs() / peak).max() < 0.05
