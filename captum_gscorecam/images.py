@@ -1,12 +1,16 @@
 """Photos from files: image paths from files, folders and globs, and reading them as RGB.
 
 Errors are ``ValueError`` naming ``image`` and the file, so a command can print them as one
-line. Nothing here needs torch.
+line. Only regular files are opened: a FIFO, a socket or a device is refused from its status,
+never opened (a FIFO without a writer would block the reader forever). Nothing here needs
+torch.
 """
 
 from __future__ import annotations
 
 import glob
+import os
+import stat
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -14,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from captum_gscorecam.outputs import file_kind
 
 __all__ = ["PHOTO_SUFFIXES", "check_image", "expand_images", "read_image"]
 
@@ -43,6 +49,8 @@ def expand_images(specs: Sequence[str]) -> list[Path]:
             found = _photos(path.iterdir())
             if not found:
                 raise ValueError(f"image: no photos in folder {spec} (looked for {_suffixes()})")
+        elif path.exists():
+            raise ValueError(f"image: {spec} is {file_kind(path.stat().st_mode)}, not a photo file")
         elif _GLOB_CHARACTERS & set(spec):
             found = _photos(Path(match) for match in glob.glob(spec, recursive=True))
             if not found:
@@ -68,9 +76,13 @@ def _suffixes() -> str:
 
 
 def check_image(path: str | Path) -> None:
-    """Raise a ValueError unless ``path`` opens as an image of a safe size (reads the header)."""
-    with _opened(path):
-        pass
+    """Raise a ValueError unless ``path`` is a regular file holding a whole image of a safe size.
+
+    The image is decoded in full (and dropped), so a file damaged past a valid header is
+    refused here, before any model is loaded, not when the photo's turn comes.
+    """
+    with _opened(path) as image:
+        _decode(image, path)
 
 
 def read_image(path: str | Path) -> Image.Image:
@@ -82,7 +94,7 @@ def read_image(path: str | Path) -> Image.Image:
     large enough to be a decompression bomb (over PIL's ``Image.MAX_IMAGE_PIXELS``).
     """
     with _opened(path) as image:
-        image.load()
+        _decode(image, path)
         image = ImageOps.exif_transpose(image)
         if image.mode in _SIXTEEN_BIT_MODES or image.mode == "F":
             image = _to_8_bit(image)
@@ -102,11 +114,11 @@ def _to_8_bit(image: Image.Image) -> Image.Image:
 
 @contextmanager
 def _opened(path: str | Path) -> Iterator[Image.Image]:
-    """``Image.open`` with PIL's failures as one ValueError naming the file."""
+    """``Image.open`` of a regular file, PIL's failures as one ValueError naming the file."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with open(path, "rb", opener=_regular_file) as file, Image.open(file) as image:
                 yield image
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ValueError(
@@ -115,5 +127,33 @@ def _opened(path: str | Path) -> Iterator[Image.Image]:
         ) from None
     except UnidentifiedImageError:
         raise ValueError(f"image: not an image file: {path}") from None
+    except _NotRegularError as error:
+        raise ValueError(f"image: {path} is {error}, not a photo file") from None
     except OSError as error:
         raise ValueError(f"image: cannot read {path} ({error})") from None
+
+
+def _decode(image: Image.Image, path: str | Path) -> None:
+    """Decode every pixel (PIL reads the header at open); a damaged file is a ValueError."""
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as error:  # PIL's decoders vary
+        raise ValueError(f"image: cannot read {path} ({error})") from None
+
+
+class _NotRegularError(OSError):
+    """The path is a FIFO, socket, device or folder (its kind is the message)."""
+
+
+def _regular_file(path: str, flags: int) -> int:
+    """``open``'s opener: a regular file, else refused from its status without opening it (and
+    opened without blocking, should a FIFO replace it in between).
+    """
+    mode = os.stat(path).st_mode
+    if stat.S_ISREG(mode):
+        fd = os.open(path, flags | os.O_NONBLOCK)
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISREG(mode):
+            return fd
+        os.close(fd)
+    raise _NotRegularError(file_kind(mode))

@@ -34,6 +34,7 @@ __all__ = [
     "OutputError",
     "atomic_file",
     "check_outputs",
+    "file_kind",
     "make_folder",
     "write_bytes",
     "write_figure",
@@ -91,8 +92,10 @@ def _reason(error: OSError, folder: Path) -> str:
     return error.strerror or type(error).__name__
 
 
-def _kind(mode: int) -> str:
-    """What a non-regular file is, for a message."""
+def file_kind(mode: int) -> str:
+    """What a path that is not a regular file is, from its ``st_mode``, for a message: ``a
+    folder``, ``a FIFO (named pipe)``, ``a socket``, ``a character device``...
+    """
     for test, name in (
         (stat.S_ISDIR, "a folder"),
         (stat.S_ISFIFO, "a FIFO (named pipe)"),
@@ -144,7 +147,7 @@ def check_outputs(outputs: Iterable[PathLike], inputs: Iterable[PathLike] = ()) 
             mode = os.stat(real).st_mode
             if not stat.S_ISREG(mode):
                 code = errno.EISDIR if stat.S_ISDIR(mode) else None
-                raise OutputError(path, f"it is {_kind(mode)}; expected a file", code)
+                raise OutputError(path, f"it is {file_kind(mode)}; expected a file", code)
         folder = _existing_folder(path, Path(real).parent)
         if folder not in probed:
             _probe(path, folder)
