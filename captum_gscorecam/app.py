@@ -93,8 +93,10 @@ def build_app(
 
 def _inputs(gr: Any, methods: list[str]) -> dict[str, Any]:
     """The left column: the photo (or a shapes scene), the prompts, the method's settings."""
-    from captum_gscorecam.methods import METHODS
     from captum_gscorecam.precision import PRECISIONS
+    from captum_gscorecam.registry import SPECS
+
+    uses = {option: _labels(option) for option in ("precision", "topk")}
 
     given = {
         "photo": gr.File(label="Photo", file_types=["image"], height=90, elem_id="photo"),
@@ -107,17 +109,17 @@ def _inputs(gr: Any, methods: list[str]) -> dict[str, Any]:
     given["prompts"] = gr.Textbox(label="Prompts (one per line)", lines=3, elem_id="prompts")
     with gr.Row():
         given["method"] = gr.Dropdown(
-            [(METHODS[m], m) for m in methods], value=methods[0], label="Method"
+            [(SPECS[m].label, m) for m in methods], value=methods[0], label="Method"
         )
         given["precision"] = gr.Dropdown(
             list(PRECISIONS),
             value="auto",
             label="Precision",
-            info="of the masked passes (gScoreCAM, ScoreCAM)",
+            info=f"of the masked passes ({uses['precision']})",
         )
     given["topk"] = gr.Textbox(
         "",
-        label="k (gScoreCAM): channels kept",
+        label=f"k ({uses['topk']}): channels kept",
         info="a count (300) or a fraction of the channels (0.1); empty: 10% on CNNs, 50% on ViTs",
         elem_id="topk",
     )
@@ -231,16 +233,23 @@ class _Explainer:
 
 def _status(method: str, prompts: int, dtype: Any, seconds: float) -> str:
     """What ran and how long it took, e.g. "gScoreCAM on 2 prompts (bf16 masked passes): 1.2 s"."""
-    from captum_gscorecam.methods import METHODS
+    from captum_gscorecam.registry import SPECS
 
     plural = "s" if prompts > 1 else ""
     masked = ""
-    if method in ("gscorecam", "scorecam"):
+    if SPECS[method].takes("precision"):
         masked = f" ({'fp32' if dtype is None else _DTYPE_NAMES[str(dtype)]} masked passes)"
-    return f"{METHODS[method]} on {prompts} prompt{plural}{masked}: **{seconds:.2f} s**"
+    return f"{SPECS[method].label} on {prompts} prompt{plural}{masked}: **{seconds:.2f} s**"
 
 
 _DTYPE_NAMES = {"torch.bfloat16": "bf16", "torch.float16": "fp16"}
+
+
+def _labels(option: str) -> str:
+    """The labels of the methods that use ``option``, e.g. "gScoreCAM, ScoreCAM"."""
+    from captum_gscorecam.registry import SPECS
+
+    return ", ".join(spec.label for spec in SPECS.values() if spec.takes(option))
 
 
 def _read(path: str) -> Any:

@@ -18,7 +18,7 @@ from captum_gscorecam.app import add_app_parser
 from captum_gscorecam.checks import PRECISIONS
 from captum_gscorecam.evaluation.command import add_evaluate_parser
 from captum_gscorecam.loading import check_model, find_layer, load_model, resolve_device
-from captum_gscorecam.method_names import METHOD_HELP, METHODS
+from captum_gscorecam.registry import SPECS
 from captum_gscorecam.usage import (
     TOPK_DEFAULT_HELP,
     Parser,
@@ -38,15 +38,14 @@ from captum_gscorecam.usage import (
 
 __all__ = ["main", "parser"]
 
-DEMO_METHODS = ("gscorecam", "scorecam", "gradcam")
-# Methods that take --layer, and those that take --perturbations-per-eval.
-LAYER_METHODS = ("gscorecam", "scorecam", "gradcam")
-BATCHED_METHODS = ("gscorecam", "scorecam", "occlusion")
+# The options of ``explain`` that only some methods use, named as the registry names them.
+METHOD_OPTIONS = ("topk", "layer", "perturbations_per_eval")
 
 
 def demo(args: argparse.Namespace) -> None:
-    """Explain every object of a few held-out shapes scenes with three methods (and HilaCAM on
-    the ViT); one figure and a table of how often each map peaks inside its object.
+    """Explain every object of a few held-out shapes scenes with the registry's demo methods
+    that apply to the tower (gScoreCAM, ScoreCAM, LayerGradCam, and HilaCAM on the ViT); one
+    figure and a table of how often each map peaks inside its object.
     """
     import matplotlib
 
@@ -55,14 +54,14 @@ def demo(args: argparse.Namespace) -> None:
     import torch
 
     from captum_gscorecam.clip import encode_text
-    from captum_gscorecam.methods import explain_maps
+    from captum_gscorecam.methods import applicable_methods, explain_maps
     from captum_gscorecam.shapes import render_scene
     from captum_gscorecam.visualization import show_maps, to_image, upsample
 
     with usage_errors():
         device = resolve_device(args.device)
         model, preprocess, tokenizer = load_model(f"shapes-{args.tower}", None, device)
-    methods = [*DEMO_METHODS, "hilacam"] if args.tower == "vit" else list(DEMO_METHODS)
+    methods = [method for method in applicable_methods(model) if SPECS[method].demo]
     size = model.visual.image_size
     size = size[0] if isinstance(size, tuple) else size
     scenes = [render_scene(args.seed + i, args.objects, size) for i in range(args.scenes)]
@@ -83,13 +82,13 @@ def demo(args: argparse.Namespace) -> None:
         [to_image(images[i].cpu()) for i, _ in rows],
         [[maps[i, t] for maps in columns] for i, t in rows],
         [scenes[i].captions[t] for i, t in rows],
-        [METHODS[method] for method in methods],
+        [SPECS[method].label for method in methods],
     )
     fig.savefig(args.out, dpi=100)
     print(f"shapes-{args.tower}: {args.scenes} held-out scenes x {args.objects} objects")
     print(f"{'method':<14}{'peak inside the object':>24}{'time (s)':>10}")
     for method in methods:
-        print(f"{METHODS[method]:<14}{hits[method]:>24.2f}{seconds[method]:>10.1f}")
+        print(f"{SPECS[method].label:<14}{hits[method]:>24.2f}{seconds[method]:>10.1f}")
     print(f"wrote {args.out}")
 
 
@@ -160,7 +159,7 @@ def _explain_photos(
     table = _score_table(rows, args.prompt)
     (folder / "scores.md").write_text(table + "\n")
     (folder / "scores.csv").write_text(_score_csv(rows, args.prompt))
-    print(f"CLIP scores (logit_scale * cos), {args.model}, {METHODS[args.method]}:")
+    print(f"CLIP scores (logit_scale * cos), {args.model}, {SPECS[args.method].label}:")
     print(table)
     print(f"{len(paths)} image(s) x {len(texts)} prompt(s) in {elapsed:.1f} s")
     named = figures[0] if len(figures) == 1 else f"{len(figures)} figures in {folder}"
@@ -204,7 +203,7 @@ def _explain_photo(
         precision=args.precision,
     )
     scores = photo_scores.tolist()
-    fig = _photo_figure(photo, photo_maps, args.prompt, scores, METHODS[args.method])
+    fig = _photo_figure(photo, photo_maps, args.prompt, scores, SPECS[args.method].label)
     fig.savefig(figure, dpi=100)
     if args.save_maps is not None:
         np.save(args.save_maps / f"{path.stem}.npy", photo_maps)
@@ -280,15 +279,12 @@ def _figure_paths(out: Path, paths: Sequence[Path]) -> list[Path]:
 
 def _check_method_options(args: argparse.Namespace) -> None:
     """Refuse options the chosen method would ignore."""
-    used = {
-        "--topk": (args.topk, ("gscorecam",)),
-        "--layer": (args.layer, LAYER_METHODS),
-        "--perturbations-per-eval": (args.perturbations_per_eval, BATCHED_METHODS),
-    }
-    for option, (value, methods) in used.items():
-        if value is not None and args.method not in methods:
+    for option in METHOD_OPTIONS:
+        if getattr(args, option) is not None and not SPECS[args.method].takes(option):
+            methods = [key for key, spec in SPECS.items() if spec.takes(option)]
+            flag = "--" + option.replace("_", "-")
             raise UsageError(
-                f"argument {option}: --method {args.method} does not use it; it applies to "
+                f"argument {flag}: --method {args.method} does not use it; it applies to "
                 f"{', '.join(methods)}"
             )
 
@@ -307,8 +303,8 @@ def _wrapped(text: str) -> str:
 
 
 def _method_list() -> str:
-    width = max(map(len, METHOD_HELP))
-    return "\n".join(f"  {name:<{width}}  {line}" for name, line in METHOD_HELP.items())
+    width = max(map(len, SPECS))
+    return "\n".join(f"  {key:<{width}}  {spec.help}" for key, spec in SPECS.items())
 
 
 def parser() -> argparse.ArgumentParser:
@@ -407,7 +403,7 @@ def _add_explain(sub: argparse._SubParsersAction) -> None:
     )
     e.add_argument(
         "--method",
-        choices=list(METHODS),
+        choices=list(SPECS),
         default="gscorecam",
         metavar="METHOD",
         help="the explainer, one of the methods below",

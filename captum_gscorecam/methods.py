@@ -1,45 +1,39 @@
-"""The explainers the command line and the evaluation compare, behind one call."""
+"""Every explainer of the registry behind one call: :func:`explain_maps`."""
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 import torch
-from captum.attr import IntegratedGradients, LayerGradCam, Occlusion, Saliency
 from torch import Tensor, nn
 
-from captum_gscorecam.attribution import GScoreCAM, ScoreCAM
-from captum_gscorecam.clip import CLIPSimilarity, default_layer, gradcam_layer, grid_tap
-from captum_gscorecam.engine import exclusive, restored
-from captum_gscorecam.hila import HilaCAM
-from captum_gscorecam.method_names import METHODS, PIXEL_METHODS
+from captum_gscorecam.registry import SPECS, TOWERS, MethodSpec, method_spec
 
 __all__ = ["METHODS", "applicable_methods", "check_method", "explain_maps"]
 
-# Occlusion's window is this fraction of the image side; it moves by half a window.
-OCCLUSION_WINDOW = 1 / 7
-IG_STEPS = 32
-BATCH = 64
+METHODS = {key: spec.label for key, spec in SPECS.items()}
+"""Method key -> label, in the registry's order."""
 
 
 def check_method(model: nn.Module, method: str) -> None:
     """Raise a ValueError naming ``method`` if it is unknown or cannot explain ``model``.
 
-    HilaCAM needs a ViT tower that pools the class token, with open_clip's
-    ``nn.MultiheadAttention`` or Hugging Face CLIP attention; every other method works on any
-    CLIP tower.
+    A method the registry limits to some towers (HilaCAM: ViT towers that pool the class
+    token) is checked by building it on ``model``; every other method works on any CLIP tower.
     """
-    if method not in METHODS:
-        raise ValueError(f"method: unknown method {method!r}; expected one of {list(METHODS)}")
-    if method == "hilacam":
+    spec = method_spec(method)
+    if spec.towers != TOWERS:
         try:
-            HilaCAM(model)
+            _explainer(spec, model, None)
         except (TypeError, ValueError) as error:
-            raise ValueError(f"method: hilacam cannot explain this model ({error})") from None
+            raise ValueError(f"method: {method} cannot explain this model ({error})") from None
 
 
 def applicable_methods(model: nn.Module) -> list[str]:
     """The keys of ``METHODS`` that can explain ``model``, in order."""
     usable = []
-    for method in METHODS:
+    for method in SPECS:
         try:
             check_method(model, method)
         except ValueError:
@@ -59,108 +53,63 @@ def explain_maps(
     perturbations_per_eval: int | None = None,
     precision: str | torch.dtype | None = None,
 ) -> Tensor:
-    """Maps ``(N, T, h, w)`` of one method for T prompts per image (``text`` is ``(N, T, D)``).
+    r"""Maps ``(N, T, h, w)`` of one method for T prompts per image.
 
-    The CAMs give layer-resolution maps; Occlusion, IntegratedGradients and Saliency give
-    pixel maps ``(N, T, H, W)``; ``uniform`` is the constant map ``1`` at image resolution,
-    a baseline that carries no information. ``topk`` matters to gScoreCAM only (None: its
-    per-tower default, ``checks.default_topk``). ``layer`` replaces the CAMs' layer;
-    ``perturbations_per_eval`` (masked or occluded images per forward pass; None: the default)
-    matters to gScoreCAM, ScoreCAM and Occlusion; so does ``precision`` to gScoreCAM and
-    ScoreCAM (the precision of their masked passes, ``GScoreCAM.attribute``'s).
+    The method's class (``registry.SPECS[method].explainer``) is built on ``model`` (with
+    ``layer`` when it takes one) and given the options it takes; the others are ignored.
 
-    Captum's methods run as ours do: one call per model at a time, in eval mode, the model's
-    modes restored afterwards. LayerGradCam is Captum's, through CLIPSimilarity, at
-    ``gradcam_layer(model)`` (the block before the last on class-token-pooled ViTs, where the
-    last block's map is zero).
+    Args:
+
+        model (torch.nn.Module): A CLIP model (open_clip or Hugging Face).
+        images (Tensor): Preprocessed images ``(N, 3, H, W)`` on the model's device.
+        text (Tensor): Text embeddings ``(N, T, D)``, T prompts per image.
+        method (str): A key of the registry (``gscorecam``, ``scorecam``, ``gradcam``,
+                    ``hilacam``, ``occlusion``, ``integrated_gradients``, ``saliency``,
+                    ``uniform``, ...).
+        topk (int, float or None): gScoreCAM's channel count or fraction; None for its
+                    per-tower default (``checks.default_topk``).
+        show_progress (bool, optional): A progress bar, for the methods that have one.
+                    Default: False
+        layer (torch.nn.Module, optional): The layer of a method that takes one.
+                    Default: None (the method's default: ``default_layer(model)``, or
+                    ``gradcam_layer(model)`` for LayerGradCam)
+        perturbations_per_eval (int, optional): Masked or occluded images per forward pass
+                    (gScoreCAM, ScoreCAM, Occlusion).
+                    Default: None (the method's default)
+        precision (str or torch.dtype, optional): The precision of gScoreCAM's and ScoreCAM's
+                    masked passes (``GScoreCAM.attribute``'s).
+                    Default: None (fp32)
+
+    Returns:
+        *Tensor* ``(N, T, h, w)``: the CAMs at their layer's resolution, Captum's pixel methods
+        at the images' ``(H, W)``, ``uniform`` the constant map ``1`` at image resolution.
+
+    Raises:
+        ValueError: ``method`` is unknown or cannot explain ``model``.
     """
     check_method(model, method)
-    if method == "uniform":
-        return images.new_ones(images.shape[0], text.shape[1], *images.shape[-2:])
-    if method in PIXEL_METHODS:
-        with exclusive(model), restored(model):
-            return _pixel_maps(model, images, text, method, show_progress, perturbations_per_eval)
-    if method == "gradcam":
-        return _gradcam_maps(model, images, text, layer or gradcam_layer(model))
-    if method == "hilacam":
-        return HilaCAM(model).attribute(images, target=text)
-    cam = GScoreCAM if method == "gscorecam" else ScoreCAM
-    options = {"topk": topk} if method == "gscorecam" else {}
-    return cam(model, layer or default_layer(model)).attribute(
-        images,
-        target=text,
-        perturbations_per_eval=perturbations_per_eval,
-        show_progress=show_progress,
-        precision=precision,
-        **options,
-    )
+    spec = SPECS[method]
+    given = {
+        "topk": topk,
+        "show_progress": show_progress,
+        "perturbations_per_eval": perturbations_per_eval,
+        "precision": precision,
+    }
+    options = {name: value for name, value in given.items() if spec.takes(name)}
+    return _explainer(spec, model, layer).attribute(images, target=text, **options)
 
 
-def _gradcam_maps(model: nn.Module, images: Tensor, text: Tensor, layer: nn.Module) -> Tensor:
-    """Captum's LayerGradCam at ``layer``, one prompt at a time."""
-    similarity = CLIPSimilarity(model)
-    with exclusive(model), restored(model), grid_tap(model, layer) as grid_layer:
-        gradcam = LayerGradCam(similarity, grid_layer)
-        maps = [
-            gradcam.attribute(images, additional_forward_args=(text[:, t],), relu_attributions=True)
-            for t in range(text.shape[1])
-        ]
-    return torch.cat(maps, dim=1).detach()
+def _explainer(spec: MethodSpec, model: nn.Module, layer: nn.Module | None) -> Any:
+    """The method's class built on ``model``, at ``layer`` (or its default) if it takes one."""
+    explainer = _imported(spec.explainer)
+    if not spec.takes("layer"):
+        return explainer(model)
+    if layer is None:
+        layer = _imported(spec.default_layer)(model)
+    return explainer(model, layer)
 
 
-def _pixel_maps(
-    model: nn.Module,
-    images: Tensor,
-    text: Tensor,
-    method: str,
-    show_progress: bool,
-    perturbations_per_eval: int | None = None,
-) -> Tensor:
-    """Captum's pixel attributions, one prompt at a time, reduced over colour channels.
-
-    ``map = sum_c attr_c``: Occlusion's score drops and IntegratedGradients' signed
-    contributions (positive = evidence for the prompt); Saliency's ``|d s / d x|``. Both
-    baselines are 0, the mean colour of CLIP's normalised images.
-    """
-    similarity = CLIPSimilarity(model)
-    maps = [
-        _pixel_attribution(
-            similarity, images, text[:, t], method, show_progress, perturbations_per_eval
-        )
-        for t in range(text.shape[1])
-    ]
-    return torch.stack([m.sum(dim=1) for m in maps], dim=1).detach()
-
-
-def _pixel_attribution(
-    similarity: CLIPSimilarity,
-    images: Tensor,
-    text: Tensor,
-    method: str,
-    show_progress: bool,
-    perturbations_per_eval: int | None = None,
-) -> Tensor:
-    """Attributions ``(N, 3, H, W)`` of ``logit_scale * cos(image, text)`` for one prompt."""
-    if method == "occlusion":
-        channels, height, width = images.shape[1:]
-        window = (
-            channels,
-            max(1, round(height * OCCLUSION_WINDOW)),
-            max(1, round(width * OCCLUSION_WINDOW)),
-        )
-        stride = (channels, max(1, window[1] // 2), max(1, window[2] // 2))
-        return Occlusion(similarity).attribute(
-            images,
-            sliding_window_shapes=window,
-            strides=stride,
-            additional_forward_args=(text,),
-            perturbations_per_eval=perturbations_per_eval or BATCH,
-            show_progress=show_progress,
-        )
-    if method == "integrated_gradients":
-        return IntegratedGradients(similarity).attribute(
-            images, additional_forward_args=(text,), n_steps=IG_STEPS, internal_batch_size=BATCH
-        )
-    # A leaf that requires grad, so Captum need not flip (and warn about) the caller's tensor.
-    leaf = images.detach().requires_grad_(True)
-    return Saliency(similarity).attribute(leaf, additional_forward_args=(text,), abs=True)
+def _imported(path: str | None) -> Any:
+    """The object at ``"module:name"``."""
+    module, _, name = str(path).partition(":")
+    return getattr(importlib.import_module(module), name)

@@ -380,7 +380,8 @@ def test_help_does_not_import_torch():
     code = (
         "import sys\n"
         "from captum_gscorecam.cli import main\n"
-        "for argv in (['--help'], ['explain', '--help'], ['demo', '--help'], ['evaluate', '-h']):\n"
+        "for argv in (['--help'], ['explain', '--help'], ['demo', '--help'], ['evaluate', '-h'],\n"
+        "             ['evaluate', '--methods', 'gscorecam,hilacam', '--help'], ['app', '-h']):\n"
         "    try:\n"
         "        main(argv)\n"
         "    except SystemExit:\n"
@@ -390,6 +391,18 @@ def test_help_does_not_import_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == "heavy: []"
     assert "explain your photos" in done.stdout
+
+
+def test_the_registry_and_the_report_import_no_torch():
+    """The report draws with matplotlib but labels its bars from the registry, without torch."""
+    torch_stack = [name for name in HEAVY if name != "matplotlib"]
+    code = (
+        "import sys\n"
+        "import captum_gscorecam.registry, captum_gscorecam.evaluation.report\n"
+        f"print('heavy:', [m for m in {torch_stack!r} if m in sys.modules])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "heavy: []"
 
 
 def test_module_entry_point():

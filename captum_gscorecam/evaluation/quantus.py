@@ -24,7 +24,8 @@ import torch
 from torch import Tensor
 
 from captum_gscorecam.clip import ZeroShotClassifier
-from captum_gscorecam.methods import METHODS, explain_maps
+from captum_gscorecam.methods import explain_maps
+from captum_gscorecam.registry import method_spec
 from captum_gscorecam.visualization import upsample
 
 __all__ = ["explain_func"]
@@ -47,8 +48,8 @@ def explain_func(
         inputs (np.ndarray or Tensor): Preprocessed images ``(N, 3, H, W)``.
         targets (np.ndarray, Tensor, int or list[int]): The prompt index of each image
                     (``N`` of them) or one for all.
-        method (str, optional): A key of ``methods.METHODS``: ``gscorecam``, ``scorecam``,
-                    ``hilacam`` (ViT towers), Captum's ``gradcam`` (LayerGradCam),
+        method (str, optional): A key of the registry (``registry.SPECS``): ``gscorecam``,
+                    ``scorecam``, ``hilacam`` (ViT towers), Captum's ``gradcam`` (LayerGradCam),
                     ``occlusion``, ``integrated_gradients``, ``saliency``, or ``uniform``.
                     Default: "gscorecam"
         topk (int or float, optional): gScoreCAM's channel count or fraction of channels.
@@ -65,8 +66,7 @@ def explain_func(
             "model: expected a ZeroShotClassifier (a CLIP model over K prompts), "
             f"got {type(model).__name__}"
         )
-    if method not in METHODS:
-        raise ValueError(f"method: unknown method {method!r}; expected one of {list(METHODS)}")
+    method_spec(method)
     if device is None:
         device = model.text_emb.device
     images = torch.as_tensor(inputs, device=device)

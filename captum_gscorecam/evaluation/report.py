@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from captum_gscorecam.method_names import METHODS
+from captum_gscorecam.registry import SPECS
 
 __all__ = ["bucket_label", "markdown", "object_buckets", "summarize", "write_chart", "write_report"]
 
@@ -140,7 +140,7 @@ def markdown(results: Mapping[str, object]) -> str:
         _table(
             ["method", *(title for title, _, _ in columns)],
             [
-                [METHODS[m], *(_cell(scores[key], fmt) for _, key, fmt in columns)]
+                [SPECS[m].label, *(_cell(scores[key], fmt) for _, key, fmt in columns)]
                 for m, scores in summary.items()
             ],
         ),
@@ -161,7 +161,10 @@ def markdown(results: Mapping[str, object]) -> str:
             "",
             _table(
                 ["method", *(title for title, _ in keys)],
-                [[METHODS[m], *(_cell(per[m][key], ".3f") for _, key in keys)] for m in summary],
+                [
+                    [SPECS[m].label, *(_cell(per[m][key], ".3f") for _, key in keys)]
+                    for m in summary
+                ],
             ),
         ]
     return "\n".join(lines) + "\n"
@@ -261,7 +264,7 @@ def _bars(
     x = np.arange(len(keys))
     for i, (method, scores) in enumerate(summary.items()):
         heights = [scores.get(k) or 0.0 for k in keys]
-        ax.bar(x + (i - (len(summary) - 1) / 2) * width, heights, width, label=METHODS[method])
+        ax.bar(x + (i - (len(summary) - 1) / 2) * width, heights, width, label=SPECS[method].label)
     ax.set_xticks(x, [titles[k] for k in keys], fontsize=8)
 
 

@@ -37,8 +37,8 @@ from captum_gscorecam.evaluation.store import (
     read_records,
     refuse_other_settings,
 )
-from captum_gscorecam.method_names import METHODS
 from captum_gscorecam.precision import precision_name, resolve_precision
+from captum_gscorecam.registry import check_methods
 
 __all__ = ["check_methods", "default_topk_share", "evaluate", "run_config"]
 
@@ -83,7 +83,7 @@ def evaluate(
         preprocess: The model's image preprocess (PIL image to ``(3, S, S)``).
         tokenizer: The model's tokenizer.
         examples: The examples, built at the model's input size S.
-        methods: Keys of ``METHODS``, each once.
+        methods: Keys of the registry (``registry.SPECS``), each once.
         topk: gScoreCAM's channel count or fraction; None for the tower's default
             (:func:`default_topk_share`), recorded resolved in ``run.json``.
         out_dir: Where results go; results already there for the same settings are reused.
@@ -153,17 +153,6 @@ def evaluate(
             (out_dir / "results.json").write_text(json.dumps(results, indent=1))
             write_report(results, out_dir)
     return results
-
-
-def check_methods(methods: Sequence[str]) -> list[str]:
-    """Known method keys, at least one, each once."""
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise ValueError(f"methods: unknown {unknown}; expected some of {list(METHODS)}")
-    twice = sorted({m for m in methods if list(methods).count(m) > 1})
-    if twice:
-        raise ValueError(f"methods: expected each method once, got {', '.join(twice)} twice")
-    return list(methods)
 
 
 def default_topk_share(model: nn.Module) -> float:
