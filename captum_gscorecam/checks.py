@@ -9,10 +9,13 @@ check its arguments at parse time, before a model is loaded.
 from __future__ import annotations
 
 import math
+import re
 from numbers import Integral, Real
 
 __all__ = [
+    "DEVICE_NAMES",
     "PRECISIONS",
+    "check_device_name",
     "check_flag",
     "check_int",
     "check_perturbations_per_eval",
@@ -31,6 +34,9 @@ CONV_TOPK_SHARE = 0.1
 TOKEN_TOPK_SHARE = 0.5
 # The names `precision` takes (precision.resolve_precision); "fp32" is the model's own precision.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# The device names the API and the command line take (whether one exists is loading's
+# resolve_device): auto, cpu, cpu:0, mps, mps:0, cuda, cuda:N, xpu, xpu:N.
+DEVICE_NAMES = re.compile(r"auto|(cpu|mps)(:0)?|(cuda|xpu)(:\d+)?")
 
 
 def _is_int(value: object) -> bool:
@@ -130,4 +136,17 @@ def check_flag(value: object, name: str) -> bool:
     """A bool (``True`` / ``False``; not a truthy string or number)."""
     if not isinstance(value, bool):
         raise TypeError(f"{name}: expected True or False, got {describe(value)}")
+    return value
+
+
+def check_device_name(value: object, name: str = "device") -> str:
+    """A device name as written: ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps`` (``xpu[:N]``;
+    ``cpu:0`` and ``mps:0`` too). Whether the device exists on this machine is for
+    ``loading.resolve_device``.
+    """
+    expected = f"{name}: expected auto, cpu, cuda, cuda:N or mps"
+    if not isinstance(value, str):
+        raise TypeError(f"{expected}, got {describe(value)}")
+    if not DEVICE_NAMES.fullmatch(value):
+        raise ValueError(f"{expected}, got {value!r}")
     return value

@@ -8,6 +8,7 @@ import torch
 from conftest import images_for, texts
 
 from captum_gscorecam import GScoreCAM, HilaCAM, ZeroShotClassifier, default_layer
+from captum_gscorecam.checks import default_topk
 from captum_gscorecam.evaluation import energy_pointing, pointing_game
 from captum_gscorecam.visualization import upsample
 
@@ -129,6 +130,20 @@ def test_explain_func_methods_give_input_sized_maps(rn, method):
         ({"targets": [0, 1, 1]}, ValueError, "targets: expected 1 or 2 prompt indices"),
         ({"targets": [0, 2]}, ValueError, r"targets: prompt indices must lie in \[0, 1\]"),
         ({"inputs": np.zeros((2, 64, 64))}, ValueError, "inputs: expected float images"),
+        ({"inputs": "photo.png"}, TypeError, "inputs: expected float images .* got 'photo.png'"),
+        ({"inputs": np.array([["a"]])}, TypeError, "inputs: expected float images"),
+        ({"targets": None}, TypeError, "targets: expected integer .* got None"),
+        ({"targets": "a"}, TypeError, "targets: expected integer .* got 'a'"),
+        ({"targets": ["a", "b"]}, TypeError, "targets: expected integer .* <U1 ndarray"),
+        ({"targets": [True, False]}, TypeError, "targets: expected integer .* bool"),
+        ({"targets": torch.tensor([True, False])}, TypeError, "targets: expected integer"),
+        ({"targets": [0.9, 1.0]}, TypeError, "targets: expected integer .* float64"),
+        ({"targets": [None, 1]}, TypeError, "targets: expected integer .* object"),
+        ({"targets": [[0], [1, 0]]}, TypeError, "targets: expected integer .* ragged list"),
+        ({"topk": 0}, ValueError, "topk: expected a channel count"),
+        ({"device": "gpu0"}, ValueError, "device: expected auto, cpu, cuda, cuda:N or mps"),
+        ({"device": 0}, TypeError, "device: expected auto, cpu, cuda, cuda:N or mps, got 0"),
+        ({"device": "cpu:1"}, ValueError, "device: expected auto, cpu, cuda, cuda:N or mps"),
     ],
 )
 def test_explain_func_bad_arguments(rn, kwargs, error, match):
@@ -143,6 +158,37 @@ def test_explain_func_bad_arguments(rn, kwargs, error, match):
         call["model"] = rn
     with pytest.raises(error, match=match):
         explain_func(**call)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_explain_func_names_a_missing_gpu(rn):
+    clf = ZeroShotClassifier(rn, texts(1, 2)[0])
+    with pytest.raises(ValueError, match="device: cuda is not available"):
+        explain_func(clf, images_for(rn, 2).numpy(), [0, 1], device="cuda")
+
+
+@pytest.mark.parametrize("method", ["gscorecam", "gradcam", "saliency", "occlusion", "uniform"])
+def test_explain_func_refuses_non_finite_inputs_for_every_method(rn, method):
+    x = images_for(rn, 2).numpy()
+    x[1, 2, 30, 40] = np.nan
+    clf = ZeroShotClassifier(rn, texts(1, 2)[0])
+    with pytest.raises(ValueError, match="inputs: contains NaN or infinite values"):
+        explain_func(clf, x, [0, 1], method)
+    x[1, 2, 30, 40] = np.inf
+    with pytest.raises(ValueError, match="inputs: contains NaN or infinite values"):
+        explain_func(clf, torch.from_numpy(x), [0, 1], method)
+
+
+def test_explain_func_default_k_is_the_librarys(rn):
+    x = images_for(rn, 2)
+    prompts = texts(1, 3)[0]
+    clf = ZeroShotClassifier(rn, prompts)
+    got = explain_func(clf, x.numpy(), [2, 0], device="cpu:0")
+    library = GScoreCAM(rn, default_layer(rn)).attribute(x, target=prompts[[2, 0]])
+    np.testing.assert_allclose(got, upsample(library, (64, 64)), rtol=1e-5, atol=1e-6)
+    assert default_topk(256, tokens=False) == 26  # layer4 of tiny_rn: 256 channels, not 300
+    old = explain_func(clf, x.numpy(), [2, 0], topk=300, device=torch.device("cpu"))
+    assert not np.allclose(got, old)
 
 
 def test_quantus_metric_end_to_end(rn):
