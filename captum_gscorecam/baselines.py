@@ -10,9 +10,13 @@ in eval mode, the model's modes restored afterwards.
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
 from captum.attr import IntegratedGradients, LayerGradCam, Occlusion, Saliency
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from captum_gscorecam.clip import CLIPSimilarity, grid_tap
 from captum_gscorecam.engine import exclusive, restored
@@ -135,36 +139,51 @@ class CLIPOcclusion(_PixelAttribution):
             target (Tensor): Text embeddings ``(N, T, D)``.
             perturbations_per_eval (int, optional): Occluded images per forward pass.
                         Default: None (64)
-            show_progress (bool, optional): Captum's progress bar.
+            show_progress (bool, optional): A progress bar over the forward passes of all
+                        prompts: ``T * (1 + ceil(windows / perturbations_per_eval))``.
                         Default: False
 
         Returns:
             *Tensor* ``(N, T, H, W)``: the summed score drops, detached.
         """
-        return super().attribute(
-            inputs,
-            target,
-            perturbations_per_eval=perturbations_per_eval or BATCH,
-            show_progress=show_progress,
-        )
+        batch = perturbations_per_eval or BATCH
+        window, stride = _occlusion_window(inputs)
+        sides = zip(inputs.shape[2:], window[1:], stride[1:], strict=True)
+        windows = math.prod(-(-(side - size) // step) + 1 for side, size, step in sides)
+        passes = target.shape[1] * (1 + -(-windows // batch))
+        # Captum's own bar counts pixels, not passes (0/2353 for 4 passes at 224 px)
+        with tqdm(total=passes, desc="Occlusion", unit="pass", disable=not show_progress) as bar:
+            return super().attribute(inputs, target, perturbations_per_eval=batch, progress=bar)
 
     def _one_prompt(
-        self, similarity: CLIPSimilarity, images: Tensor, text: Tensor, **options: object
+        self, similarity: CLIPSimilarity, images: Tensor, text: Tensor, **options: Any
     ) -> Tensor:
-        channels, height, width = images.shape[1:]
-        window = (
-            channels,
-            max(1, round(height * OCCLUSION_WINDOW)),
-            max(1, round(width * OCCLUSION_WINDOW)),
-        )
-        stride = (channels, max(1, window[1] // 2), max(1, window[2] // 2))
-        return Occlusion(similarity).attribute(
+        progress = options.pop("progress")
+
+        def counted(*args: Tensor) -> Tensor:
+            scores = similarity(*args)
+            progress.update()
+            return scores
+
+        window, stride = _occlusion_window(images)
+        return Occlusion(counted).attribute(
             images,
             sliding_window_shapes=window,
             strides=stride,
             additional_forward_args=(text,),
             **options,
         )
+
+
+def _occlusion_window(images: Tensor) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """Occlusion's window and stride over ``(3, H, W)``: a seventh of a side, half-window steps."""
+    channels, height, width = images.shape[1:]
+    window = (
+        channels,
+        max(1, round(height * OCCLUSION_WINDOW)),
+        max(1, round(width * OCCLUSION_WINDOW)),
+    )
+    return window, (channels, max(1, window[1] // 2), max(1, window[2] // 2))
 
 
 class CLIPIntegratedGradients(_PixelAttribution):

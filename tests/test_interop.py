@@ -6,6 +6,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,7 @@ from conftest import images_for, texts, tiny_vit
 from torch import nn
 
 from captum_gscorecam import CLIPSimilarity, GScoreCAM, ScoreCAM, default_layer
+from captum_gscorecam.methods import explain_maps
 
 
 def test_interpolate_and_visualize(rn):
@@ -200,3 +203,26 @@ def test_output_stays_a_normal_tensor(rn):
     )
     attr /= attr.max()  # in-place edits work: not an inference tensor
     assert np.isclose(float(attr.max()), 1.0)
+
+
+@pytest.mark.parametrize(("batch", "prompts"), [(None, 2), (7, 1), (1000, 3)])
+def test_occlusions_progress_bar_counts_the_forward_passes_it_makes(
+    rn, batch, prompts, capsys, monkeypatch
+):
+    # Captum's own bar counted pixels: 0/2353, finishing at 4/2353 on a 224 px image
+    passes = []
+    forward = CLIPSimilarity.forward
+    monkeypatch.setattr(
+        CLIPSimilarity, "forward", lambda self, *a: passes.append(1) or forward(self, *a)
+    )
+    capsys.readouterr()
+    explain_maps(
+        rn, images_for(rn, 2), texts(2, prompts), "occlusion", None, show_progress=True,
+        perturbations_per_eval=batch,
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert "Occlusion" in err
+    done, total = re.findall(r"(\d+)/(\d+)", err)[-1]
+    assert int(done) == int(total) == len(passes)
+    # 225 windows on the 64 px tiny model (9 px, stride 4: 15 x 15), one pass without occlusion
+    assert len(passes) == prompts * (1 + -(-225 // (batch or 64)))
