@@ -1,9 +1,12 @@
-"""The README's "Use" snippet runs as written, so it cannot drift from the library.
+"""The README runs as written, apart from one substitution it states itself.
 
-It runs on an open_clip RN50 with random weights (``pretrained`` forced to None: nothing is
-downloaded) and scikit-image's non-square photo of a cat saved as ``photo.jpg``. The default
-k's share is lowered for the test (same code path, 7 masked passes per prompt) to keep the
-suite fast; the README states the real cost.
+Every Python block of the README runs, in order, in one namespace, in a temporary folder that
+holds scikit-image's non-square photo of a cat as ``photo.jpg``. The "Use" block loads OpenAI's
+RN50 weights with ``pretrained="openai"``, a download: the test replaces it with
+``pretrained=None`` (open_clip builds the same RN50 with random weights), so the maps it checks
+are maps of a random model: their shape, dtype, placement on the photo and files, not what they
+show. The default k's share is lowered for the test (the same code path, 7 masked passes per
+prompt) to keep the suite fast; the README says what the real default costs.
 """
 
 from __future__ import annotations
@@ -23,7 +26,12 @@ from skimage import data
 
 from captum_gscorecam import checks
 
-README = Path(__file__).parents[1] / "README.md"
+ROOT = Path(__file__).parents[1]
+README = ROOT / "README.md"
+
+
+def python_blocks() -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", README.read_text(), flags=re.M | re.S)
 
 
 def use_snippet() -> str:
@@ -34,7 +42,7 @@ def use_snippet() -> str:
     return match.group(1)
 
 
-def test_the_use_snippet_runs_as_written(tmp_path, monkeypatch):
+def test_the_readme_runs_with_random_weights_in_place_of_the_download(tmp_path, monkeypatch):
     create = open_clip.create_model_and_transforms
 
     def offline(name, pretrained=None, **kwargs):
@@ -48,8 +56,10 @@ def test_the_use_snippet_runs_as_written(tmp_path, monkeypatch):
     snippet = use_snippet()
     assert 'Image.open("photo.jpg")' in snippet
     assert 'pretrained="openai"' in snippet
+    assert python_blocks()[0] == snippet
     namespace: dict[str, object] = {}
-    exec(compile(snippet, str(README), "exec"), namespace)
+    for number, block in enumerate(python_blocks(), start=1):
+        exec(compile(block, f"README.md (python block {number})", "exec"), namespace)
 
     maps = namespace["maps"]
     assert maps.shape == (2, 300, 451)
@@ -59,7 +69,7 @@ def test_the_use_snippet_runs_as_written(tmp_path, monkeypatch):
     assert cut[:75].all()
     assert cut[376:].all()
     assert not np.isnan(maps[:, :, 76:375]).any()
-    for name in ("captum.png", "a_cat.png", "a_sofa.png"):
+    for name in ("a_cat.png", "a_sofa.png"):
         assert Path(name).is_file(), name
     assert Image.open("a_cat.png").size == (451, 300)
     assert namespace["attr"].shape == (1, 2, 7, 7)
@@ -72,3 +82,24 @@ def test_the_snippet_is_the_documented_cpu_setting():
     assert "topk" not in snippet  # the default k
     with pytest.raises(IndexError):
         README.read_text().split("\n## Use\n")[2]  # one Use section
+
+
+def test_the_readme_says_that_its_example_downloads_and_what_the_test_does():
+    section = README.read_text().split("\n## Use\n", 1)[1].split("```python")[0]
+    assert "downloads" in section
+    assert "tests/test_readme.py" in section
+    assert "pretrained=None" in section  # the substitution, said where the block is
+
+
+def test_the_readme_test_command_is_what_ci_runs():
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert ci.startswith("pip install torch==")
+    assert f"```bash\n{ci}\n```" in README.read_text()
+
+
+def test_the_readme_is_short_and_its_links_resolve():
+    text = README.read_text()
+    assert len(text.splitlines()) <= 200
+    for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text):
+        if "://" not in target:
+            assert (ROOT / target).exists(), target
