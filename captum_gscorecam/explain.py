@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from captum_gscorecam.clip import CLIPSimilarity
 from captum_gscorecam.methods import explain_maps
-from captum_gscorecam.visualization import to_photo
+from captum_gscorecam.visualization import PhotoMaps
 
 __all__ = ["PhotoExplanation", "explain_photo"]
 
@@ -23,8 +23,9 @@ __all__ = ["PhotoExplanation", "explain_photo"]
 class PhotoExplanation(NamedTuple):
     """What :func:`explain_photo` returns."""
 
-    maps: np.ndarray
-    """float32 ``(T, height, width)`` on the photo; NaN where the preprocess cropped it away."""
+    maps: PhotoMaps
+    """float32 ``(T, height, width)`` on the photo, placed one prompt at a time when indexed or
+    iterated (``np.asarray`` for all at once); NaN where the preprocess cropped it away."""
     scores: np.ndarray
     """float32 ``(T,)``: ``logit_scale * cos(image, prompt)`` of the whole preprocessed photo."""
 
@@ -46,7 +47,8 @@ def explain_photo(
     The photo goes through ``preprocess`` (a torchvision ``Compose``, as ``load_clip`` returns)
     onto the model's device; ``methods.explain_maps`` makes the maps (``topk``, ``layer``,
     ``perturbations_per_eval`` and ``precision`` mean what they mean there),
-    ``visualization.to_photo`` places them on the photo.
+    ``visualization.PhotoMaps`` places them on the photo, one prompt at a time when asked, so
+    a large photo with many prompts holds one map at its size, not ``T``.
     """
     device = next(model.parameters()).device
     images = preprocess(photo)[None].to(device)
@@ -64,4 +66,5 @@ def explain_photo(
     )
     with torch.no_grad():
         scores = CLIPSimilarity(model)(images, prompts)[0]
-    return PhotoExplanation(to_photo(maps[0], photo.size, preprocess), scores.float().cpu().numpy())
+    placed = PhotoMaps(maps[0], photo.size, preprocess)
+    return PhotoExplanation(placed, scores.float().cpu().numpy())

@@ -9,6 +9,7 @@ torch.
 from __future__ import annotations
 
 import glob
+import math
 import os
 import stat
 import warnings
@@ -21,7 +22,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from captum_gscorecam.outputs import file_kind
 
-__all__ = ["PHOTO_SUFFIXES", "check_image", "expand_images", "read_image"]
+__all__ = [
+    "DISPLAY_MAX_PIXELS",
+    "PHOTO_SUFFIXES",
+    "check_image",
+    "display_size",
+    "expand_images",
+    "for_display",
+    "read_image",
+]
 
 # What a folder or a glob contributes; a file named on its own is read whatever its suffix.
 PHOTO_SUFFIXES = frozenset(
@@ -29,6 +38,10 @@ PHOTO_SUFFIXES = frozenset(
     | {".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".qoi"}
 )
 _GLOB_CHARACTERS = frozenset("*?[")
+# Photos with more pixels are drawn downscaled to this many (figures, the app's overlays), so
+# drawing stays within a few hundred MB; maps and scores are computed on the whole photo. A
+# 12-megapixel phone photo is drawn as it is.
+DISPLAY_MAX_PIXELS = 16_000_000
 # Integer modes PIL gives 16-bit grayscale files (PNG, TIFF, PGM).
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 
@@ -99,6 +112,37 @@ def read_image(path: str | Path) -> Image.Image:
         if image.mode in _SIXTEEN_BIT_MODES or image.mode == "F":
             image = _to_8_bit(image)
         return image.convert("RGB")
+
+
+def display_size(size: tuple[int, int], max_pixels: int = DISPLAY_MAX_PIXELS) -> tuple[int, int]:
+    """PIL's ``(width, height)`` to draw a photo of ``size`` at: ``size`` itself up to
+    ``max_pixels`` pixels, else scaled down by one factor (the aspect ratio kept to a pixel) to
+    at most ``max_pixels``, each side at least 1.
+    """
+    width, height = size
+    if width * height <= max_pixels:
+        return width, height
+    scale = math.sqrt(max_pixels / (width * height))
+    return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
+
+
+def for_display(
+    photo: Image.Image, name: str = "photo", max_pixels: int = DISPLAY_MAX_PIXELS
+) -> Image.Image:
+    """``photo`` to draw: itself, or above ``max_pixels`` a copy scaled to :func:`display_size`
+    (area-averaged) with a ``UserWarning`` naming it (``name``: the file) and both sizes.
+    """
+    size = display_size(photo.size, max_pixels)
+    if size == photo.size:
+        return photo
+    width, height = photo.size
+    warnings.warn(
+        f"image: {name} is {width} x {height} pixels ({width * height / 1e6:.1f} MP), over the "
+        f"{max_pixels / 1e6:g} MP drawn at most; drawn at {size[0]} x {size[1]}",
+        UserWarning,
+        stacklevel=2,
+    )
+    return photo.resize(size, Image.Resampling.BOX, reducing_gap=2.0)
 
 
 def _to_8_bit(image: Image.Image) -> Image.Image:

@@ -15,7 +15,6 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-import torch.nn.functional as F
 from captum.attr import LayerAttribution
 from captum.attr import visualization as viz
 from matplotlib.figure import Figure
@@ -23,7 +22,16 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 from torch import Tensor
 
-__all__ = ["captum_map", "no_crop", "overlay", "show_maps", "to_image", "to_photo", "upsample"]
+__all__ = [
+    "PhotoMaps",
+    "captum_map",
+    "no_crop",
+    "overlay",
+    "show_maps",
+    "to_image",
+    "to_photo",
+    "upsample",
+]
 
 # Cells with no value (cut away by the centre crop) in an overlay: the photo at this brightness,
 # crossed by light diagonal lines HATCH_PERIOD pixels apart.
@@ -188,20 +196,22 @@ def _resize_shape(step: Any, height: int, width: int) -> tuple[int, int]:
     return (new_long, new_short) if height > width else (new_short, new_long)
 
 
-def _axes(photo_size: tuple[int, int], preprocess: Any) -> tuple[_Axis, _Axis]:
-    """The vertical and horizontal axis of a photo ``(width, height)`` through ``preprocess``."""
+def _check_size(size: object, name: str) -> tuple[int, int]:
+    """PIL's ``(width, height)``: two ints >= 1."""
     if (
-        not isinstance(photo_size, (tuple, list))
-        or len(photo_size) != 2
+        not isinstance(size, (tuple, list))
+        or len(size) != 2
         or not all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
-            for v in photo_size
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in size
         )
     ):
-        raise ValueError(
-            f"photo_size: expected PIL's (width, height), two ints >= 1, got {photo_size!r}"
-        )
-    width, height = int(photo_size[0]), int(photo_size[1])
+        raise ValueError(f"{name}: expected PIL's (width, height), two ints >= 1, got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def _axes(photo_size: tuple[int, int], preprocess: Any) -> tuple[_Axis, _Axis]:
+    """The vertical and horizontal axis of a photo ``(width, height)`` through ``preprocess``."""
+    width, height = _check_size(photo_size, "photo_size")
     rows, cols = _Axis(height), _Axis(width)
     for step in _geometry(preprocess):
         kind = _kind(step)
@@ -214,13 +224,125 @@ def _axes(photo_size: tuple[int, int], preprocess: Any) -> tuple[_Axis, _Axis]:
     return rows, cols
 
 
-def _sample_points(axis: _Axis, photo_pixels: int) -> tuple[Tensor, Tensor]:
-    """For each photo pixel's centre: its position on the model input in grid_sample's [-1, 1]
-    (``align_corners=False``: -1 and 1 are the input's outer edges) and whether it survives.
+def _sampling(axis: _Axis, photo_pixels: int, count: int, cells: int) -> tuple[np.ndarray, ...]:
+    """Along one axis: the bilinear weights ``(count, cells)`` that sample a map of ``cells``
+    over the model input at ``count`` pixel centres evenly spread over the photo's
+    ``photo_pixels``, and which of those pixels survive the crop.
+
+    The weights are ``grid_sample``'s (``align_corners=False``, ``padding_mode="border"``): a
+    point at model coordinate ``m`` reads the map at ``m * cells / size - 1/2``, clamped to
+    ``[0, cells - 1]``, from its two nearest cells.
     """
-    model_coord = axis.scale * (torch.arange(photo_pixels, dtype=torch.float64) + 0.5) + axis.offset
-    inside = (model_coord >= axis.low) & (model_coord < axis.high)
-    return (2 * model_coord / axis.size - 1).float(), inside
+    photo = (np.arange(count, dtype=np.float64) + 0.5) * (photo_pixels / count)
+    model = axis.scale * photo + axis.offset
+    inside = (model >= axis.low) & (model < axis.high)
+    position = np.clip(model * cells / axis.size - 0.5, 0.0, cells - 1.0)
+    low = np.floor(position).astype(np.int64)
+    high = np.minimum(low + 1, cells - 1)
+    weights = np.zeros((count, cells))
+    np.add.at(weights, (np.arange(count), low), 1.0 - (position - low))
+    np.add.at(weights, (np.arange(count), high), position - low)
+    return weights, inside
+
+
+class PhotoMaps(Sequence[np.ndarray]):
+    """Maps of one photo over the model input, placed on the photo one prompt at a time.
+
+    ``maps[t]`` is the float32 ``(height, width)`` map of prompt ``t`` on the photo (NaN where
+    the preprocess cropped it away), computed when asked, so only the maps in use are held:
+    ``4 * height * width`` bytes each. ``np.asarray(maps)`` places all ``T`` at once (what
+    :func:`to_photo` returns). ``maps[t, rows, cols]`` and ``maps[a:b]`` index as an array of
+    :attr:`shape` would. :meth:`at_size` samples the same maps on a copy of the photo drawn at
+    another size (a large photo shown downscaled).
+
+    Args:
+
+        maps (Tensor or np.ndarray): The maps ``(T, h, w)`` over the preprocessed image, at
+                    any resolution (e.g. ``attr[0]`` of ``GScoreCAM``).
+        photo_size (tuple[int, int]): PIL's ``(width, height)`` of the photo before
+                    ``preprocess``.
+        preprocess (Callable): A torchvision ``Compose`` whose ``Resize`` and ``CenterCrop``
+                    steps are undone (open_clip's preprocess, ``loading.hf_preprocess``,
+                    ``load_clip``'s).
+        size (tuple[int, int], optional): PIL's ``(width, height)`` to sample the photo at.
+                    Default: None (``photo_size``)
+    """
+
+    def __init__(
+        self,
+        maps: Tensor | np.ndarray,
+        photo_size: tuple[int, int],
+        preprocess: Callable[..., Any],
+        size: tuple[int, int] | None = None,
+    ) -> None:
+        layer = _numpy(maps, "maps")
+        if layer.ndim != 3 or 0 in layer.shape:
+            raise ValueError(
+                f"maps: expected the maps of one photo, (T, h, w), got shape {layer.shape} "
+                "(for a batch (N, T, h, w) pass attr[n])"
+            )
+        rows, cols = _axes(photo_size, preprocess)
+        self._layer = layer
+        self._photo_size = _check_size(photo_size, "photo_size")
+        self._preprocess = preprocess
+        width, height = self._photo_size if size is None else _check_size(size, "size")
+        self._rows = _sampling(rows, self._photo_size[1], height, layer.shape[1])
+        self._cols = _sampling(cols, self._photo_size[0], width, layer.shape[2])
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(T, height, width)``."""
+        return (len(self._layer), len(self._rows[0]), len(self._cols[0]))
+
+    dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return len(self._layer)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        first, rest = (key[0], key[1:]) if isinstance(key, tuple) and key else (key, ())
+        if isinstance(first, (int, np.integer)) and not isinstance(first, bool):
+            if not -len(self) <= first < len(self):
+                raise IndexError(f"prompt {first} out of range for {len(self)} maps")
+            return self._placed(int(first) % len(self))[rest]
+        if isinstance(first, slice):
+            chosen = range(*first.indices(len(self)))
+            if not chosen:
+                return np.empty((0, *self.shape[1:]), np.float32)[(slice(None), *rest)]
+            return np.stack([self._placed(t)[rest] for t in chosen])
+        return np.asarray(self)[key]
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        if copy is False:
+            raise ValueError("PhotoMaps are computed when asked; np.asarray must copy")
+        placed = np.empty(self.shape, np.float32)
+        for t in range(len(self)):
+            self._placed(t, out=placed[t])
+        return placed if dtype is None else placed.astype(dtype, copy=False)
+
+    def at_size(self, size: tuple[int, int]) -> PhotoMaps:
+        """The same maps sampled at PIL's ``(width, height)`` over the whole photo."""
+        return PhotoMaps(self._layer, self._photo_size, self._preprocess, size)
+
+    def _placed(self, t: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Map ``t`` on the photo (into ``out``): ``rows @ map @ cols.T`` in float64, in bands
+        of rows.
+        """
+        (rows, rows_inside), (cols, cols_inside) = self._rows, self._cols
+        across = self._layer[t].astype(np.float64) @ cols.T  # (h, width)
+        placed = np.empty(self.shape[1:], np.float32) if out is None else out
+        band = max(1, _BAND_VALUES // max(1, placed.shape[1]))
+        for start in range(0, len(placed), band):
+            placed[start : start + band] = rows[start : start + band] @ across
+        placed[~rows_inside] = np.nan
+        placed[:, ~cols_inside] = np.nan
+        return placed
+
+
+# Rows of a placed map computed at once: about this many float64 values (8 MB).
+_BAND_VALUES = 1 << 20
+# Rows of an overlay drawn at once: about this many pixels (about 10 MB of temporaries).
+_OVERLAY_BAND_PIXELS = 1 << 16
 
 
 def to_photo(
@@ -231,30 +353,15 @@ def to_photo(
     ``maps`` ``(T, h, w)`` cover the preprocessed image (e.g. ``attr[0]`` of ``GScoreCAM``);
     ``photo_size`` is PIL's ``(width, height)`` of the photo before ``preprocess``, a torchvision
     ``Compose`` whose ``Resize`` and ``CenterCrop`` steps are undone (open_clip's preprocess,
-    ``loading.hf_preprocess``, ``load_clip``'s). Each photo pixel takes the bilinear value of the
+    ``clip.hf_preprocess``, ``load_clip``'s). Each photo pixel takes the bilinear value of the
     maps at its centre, as ``LayerAttribution.interpolate(maps, size, "bilinear")`` would on the
-    model input; pixels the centre crop cut away get NaN.
+    model input; pixels the centre crop cut away get NaN. :class:`PhotoMaps` gives the same
+    maps one at a time, for photos too large to hold ``T`` of them.
 
     Returns:
         float32 array ``(T, height, width)``.
     """
-    array = _numpy(maps, "maps")
-    if array.ndim != 3 or 0 in array.shape:
-        raise ValueError(
-            f"maps: expected the maps of one photo, (T, h, w), got shape {array.shape} "
-            "(for a batch (N, T, h, w) pass attr[n])"
-        )
-    rows, cols = _axes(photo_size, preprocess)
-    width, height = int(photo_size[0]), int(photo_size[1])
-    y, y_inside = _sample_points(rows, height)
-    x, x_inside = _sample_points(cols, width)
-    grid = torch.stack(torch.broadcast_tensors(x[None, :], y[:, None]), dim=-1)[None]
-    placed = F.grid_sample(
-        torch.from_numpy(array)[None], grid, mode="bilinear", padding_mode="border",
-        align_corners=False,
-    )[0]  # fmt: skip
-    inside = y_inside[:, None] & x_inside[None, :]
-    return placed.masked_fill(~inside, float("nan")).numpy().astype(np.float32)
+    return np.asarray(PhotoMaps(maps, photo_size, preprocess))
 
 
 def no_crop(preprocess: Callable[..., Any]) -> Callable[..., Tensor]:
@@ -316,12 +423,17 @@ def overlay(
         raise ValueError(f"cmap: expected a matplotlib colormap name, got {cmap!r}") from None
     known = np.isfinite(heat)
     low, high = (heat[known].min(), heat[known].max()) if known.any() else (0.0, 0.0)
-    scaled = np.where(known, (heat - low) / (high - low) if high > low else 0.0, 0.0)
-    blended = (1 - alpha) * image + alpha * colormap(scaled)[..., :3]
-    rows, cols = np.indices(heat.shape)
-    hatch = ((rows + cols) % HATCH_PERIOD) < 2
-    no_value = np.where(hatch[..., None], NO_VALUE_HATCH, NO_VALUE_DIM * image)
-    return np.where(known[..., None], blended, no_value).astype(np.float32)
+    blended = np.empty(image.shape, np.float32)
+    band = max(1, _OVERLAY_BAND_PIXELS // max(1, heat.shape[1]))  # rows at once: small memory
+    for start in range(0, len(heat), band):
+        rows = slice(start, start + band)
+        scaled = np.where(known[rows], (heat[rows] - low) / (high - low) if high > low else 0.0, 0)
+        colour = (1 - alpha) * image[rows] + alpha * colormap(scaled)[..., :3]
+        diagonal = np.arange(start, start + len(scaled))[:, None] + np.arange(heat.shape[1])
+        hatch = (diagonal % HATCH_PERIOD) < 2
+        no_value = np.where(hatch[..., None], NO_VALUE_HATCH, NO_VALUE_DIM * image[rows])
+        blended[rows] = np.where(known[rows][..., None], colour, no_value)
+    return blended
 
 
 def _photo_array(photo: np.ndarray | Image.Image) -> np.ndarray:
