@@ -20,12 +20,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from captum_gscorecam.provenance import RANDOM_WEIGHTS, SHAPES_WEIGHTS
+
 if TYPE_CHECKING:
     import torch
     from torch import Tensor, nn
 
 __all__ = [
     "check_model",
+    "describe_weights",
     "find_layer",
     "hf_preprocess",
     "hub_reachable",
@@ -237,6 +240,32 @@ def check_model(name: str, pretrained: str | None) -> None:
             f"pretrained: {name} has no pretrained tag {pretrained!r} and no such "
             f"file exists; its tags: {', '.join(tags) or 'none'}"
         )
+
+
+def describe_weights(model: str, pretrained: str | None) -> str:
+    """Where the weights of :func:`load_model` ``(model, pretrained, ...)`` come from.
+
+    Args:
+
+        model (str): A model name as :func:`load_clip` takes it (``shapes-rn``, an
+                    open_clip name, ``hf:REPO`` or ``hf:FOLDER``).
+        pretrained (str, optional): The open_clip pretrained tag or checkpoint file, or None.
+
+    Returns:
+        ``provenance.SHAPES_WEIGHTS`` for the bundled models; ``"pretrained TAG"``,
+        ``"checkpoint PATH"`` or ``provenance.RANDOM_WEIGHTS`` for open_clip models (as
+        :func:`load_model` decides: a ``pretrained`` naming an existing file is a checkpoint);
+        ``"Hugging Face Hub"`` or ``"local folder"`` for ``hf:`` models.
+    """
+    if model in ("shapes-rn", "shapes-vit"):
+        return SHAPES_WEIGHTS
+    if model.startswith("hf:"):
+        return "local folder" if Path(model.removeprefix("hf:")).is_dir() else "Hugging Face Hub"
+    if pretrained is None:
+        return RANDOM_WEIGHTS
+    if Path(pretrained).is_file():
+        return f"checkpoint {pretrained}"
+    return f"pretrained {pretrained}"
 
 
 def hub_reachable(timeout: float = 2.0) -> bool:

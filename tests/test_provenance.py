@@ -1,0 +1,108 @@
+"""Provenance: what made an output, as a line, a dict and table columns; the warnings."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import captum_gscorecam
+from captum_gscorecam.loading import describe_weights
+from captum_gscorecam.provenance import RANDOM_WEIGHTS, SHAPES_WEIGHTS, Provenance
+
+FIELDS = [f.name for f in dataclasses.fields(Provenance)]
+
+
+def made(**changes):
+    settings = {
+        "model": "RN50",
+        "weights": "pretrained openai",
+        "method": "gScoreCAM",
+        "template": "a photo of a {}",
+        "precision": "fp32",
+        "device": "cpu",
+        "k": 205,
+        "channels": 2048,
+        "layer": "visual.layer4",
+    }
+    return Provenance(**{**settings, **changes})
+
+
+def test_weights_as_loading_decides(tmp_path):
+    checkpoint = tmp_path / "mine.pt"
+    checkpoint.write_bytes(b"")
+    assert describe_weights("shapes-rn", None) == SHAPES_WEIGHTS
+    assert describe_weights("shapes-vit", None) == SHAPES_WEIGHTS
+    assert describe_weights("RN50", None) == RANDOM_WEIGHTS
+    assert describe_weights("RN50", "openai") == "pretrained openai"
+    assert describe_weights("RN50", str(checkpoint)) == f"checkpoint {checkpoint}"
+    assert describe_weights("hf:openai/clip-vit-base-patch16", None) == "Hugging Face Hub"
+    assert describe_weights(f"hf:{tmp_path}", None) == "local folder"
+
+
+def test_line_names_every_setting():
+    line = made().line()
+    assert line == (
+        "gScoreCAM k=205/2048 at visual.layer4 | RN50 (pretrained openai) | "
+        f"'a photo of a {{}}' | fp32 on cpu | captum-gscorecam {captum_gscorecam.__version__}"
+    )
+    # a method without k or layer (Occlusion) says nothing about them
+    assert (
+        made(method="Occlusion", k=None, channels=None, layer=None)
+        .line()
+        .startswith("Occlusion | RN50 (pretrained openai) | ")
+    )
+
+
+@given(
+    st.text(st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), min_size=1),
+    st.text(min_size=0),
+    st.none() | st.integers(1, 10_000),
+)
+def test_line_dict_and_columns_say_the_same(model, template, k):
+    provenance = made(model=model, template=template, k=k)
+    line = provenance.line()
+    assert "\n" not in line
+    assert model in line
+    assert repr(template) in line
+    record = provenance.as_dict()
+    assert list(record) == FIELDS
+    assert json.loads(json.dumps(record)) == record
+    assert Provenance(**record) == provenance
+    columns = provenance.columns()
+    assert list(columns) == FIELDS
+    assert columns == {key: "" if value is None else str(value) for key, value in record.items()}
+
+
+@pytest.mark.parametrize(
+    ("weights", "shapes_scene", "expected"),
+    [
+        (RANDOM_WEIGHTS, False, ["RANDOM WEIGHTS"]),
+        (RANDOM_WEIGHTS, True, ["RANDOM WEIGHTS"]),
+        (SHAPES_WEIGHTS, False, ["knows only coloured shapes"]),
+        (SHAPES_WEIGHTS, True, []),
+        ("pretrained openai", False, []),
+        ("checkpoint /tmp/mine.pt", False, []),
+    ],
+)
+def test_warnings(weights, shapes_scene, expected):
+    model = "shapes-rn" if weights == SHAPES_WEIGHTS else "RN50"
+    warnings = made(model=model, weights=weights).warnings(shapes_scene)
+    assert len(warnings) == len(expected)
+    for warning, words in zip(warnings, expected, strict=True):
+        assert warning.startswith(f"warning: {model} ")
+        assert words in warning
+        assert "\n" not in warning
+
+
+def test_imports_no_torch():
+    code = (
+        "import sys\nimport captum_gscorecam.provenance, captum_gscorecam.loading\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
