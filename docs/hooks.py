@@ -10,6 +10,8 @@ Nothing here is copied by hand, so none of it can drift:
 - the figures under ``benchmarks/results/``, served at the same path below the site's
   ``benchmarks/``, and ``benchmarks/more.md``: every results file no benchmark page includes;
 - ``methods/<key>.md`` for an explainer of ``gscorecam explain --method`` that has no page yet;
+- the formulas (``$...$``, ``$$...$$``) as MathML, made by latex2mathml, so they show without
+  a script or a network;
 - in any page, ``{{ results("benchmarks/results/x.md") }}`` (the file's text, its headings moved
   below the page's), ``{{ tests("tests/test_x.py") }}`` (the test functions in a file),
   ``{{ tests_total }}``, ``{{ constant("NAME") }}``, ``{{ percent("NAME") }}`` and
@@ -28,6 +30,7 @@ from collections.abc import Iterator
 from contextlib import redirect_stdout
 from fractions import Fraction
 from functools import cache
+from html import unescape
 from operator import add, mul, sub, truediv
 from pathlib import Path
 from typing import Any
@@ -390,6 +393,28 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
             )
         )
     return files
+
+
+MATH = re.compile(
+    r'<(?P<tag>span|div) class="arithmatex">\s*\\(?P<open>[(\[])(?P<tex>.*?)\\[)\]]\s*</(?P=tag)>',
+    flags=re.S,
+)
+
+
+def mathml(html: str) -> str:
+    r"""The page with each formula arithmatex marked (``\(...\)``, ``\[...\]``) as MathML."""
+    from latex2mathml.converter import convert
+
+    def render(match: re.Match[str]) -> str:
+        display = "block" if match.group("open") == "[" else "inline"
+        return convert(unescape(match.group("tex")).strip(), display=display)
+
+    return MATH.sub(render, html)
+
+
+def on_page_content(html: str, page: Page, config: MkDocsConfig, files: Files) -> str:
+    """Render the page's formulas as MathML."""
+    return mathml(html)
 
 
 def on_page_markdown(markdown: str, page: Page, config: MkDocsConfig, files: Files) -> str:

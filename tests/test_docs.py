@@ -264,6 +264,15 @@ def test_generated_counts_and_constants_are_filled_in(site):
     assert f"{checks.TOKEN_TOPK_SHARE * 100:g}%" in page_text(site, "guide/choosing-k")
 
 
+def test_formulas_are_mathml_without_a_script(site):
+    for uri in ("methods/gscorecam", "methods/hilacam", "evaluation"):
+        html = (site / uri / "index.html").read_text()
+        article = html[html.index("<article") : html.index("</article>")]
+        assert article.count("<math") >= 2, uri
+        assert "\\(" not in article, uri  # no TeX left for a script to typeset
+        assert "mathjax" not in html.lower(), uri
+
+
 class Links(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
