@@ -99,6 +99,15 @@ def default_topk(n_channels: int, tokens: bool) -> int:
     return min(n_channels, max(1, math.ceil(share * n_channels)))
 
 
+def resolve_topk(topk: int | float | None, n_channels: int, tokens: bool) -> int:
+    """The channels gScoreCAM keeps of ``n_channels``: ``topk`` as :func:`check_topk` returns
+    it, a count clipped to C, a fraction of C rounded up, or None for :func:`default_topk`.
+    """
+    if topk is None:
+        return default_topk(n_channels, tokens)
+    return min(topk, n_channels) if isinstance(topk, int) else math.ceil(topk * n_channels)
+
+
 def check_perturbations_per_eval(value: object, name: str = "perturbations_per_eval") -> int | None:
     """Masked images per forward pass: None (the device's default) or an int >= 1."""
     if value is None:

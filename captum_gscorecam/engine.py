@@ -22,7 +22,6 @@ inputs' device, so extra memory grows with the chunk size, not with C or k.
 
 from __future__ import annotations
 
-import math
 import threading
 import warnings
 import weakref
@@ -35,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from captum_gscorecam.checks import default_topk
+from captum_gscorecam.checks import resolve_topk
 
 __all__ = [
     "GridView",
@@ -270,11 +269,7 @@ def score_cam(
     if importance is None:
         selected = torch.ones((n, n_prompts, c), dtype=torch.bool, device=inputs.device)
     else:
-        if topk is None:
-            k = default_topk(c, tokens)
-        else:
-            k = min(topk, c) if isinstance(topk, int) else math.ceil(topk * c)
-        top = importance.topk(k, dim=2).indices
+        top = importance.topk(resolve_topk(topk, c, tokens), dim=2).indices
         selected = torch.zeros_like(importance, dtype=torch.bool).scatter_(2, top, True)
     masked_scorer = masked_scorer or scorer
     if early_stop is not None and importance is not None:

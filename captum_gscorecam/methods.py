@@ -8,9 +8,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from captum_gscorecam.checks import check_topk, resolve_topk
+from captum_gscorecam.clip import image_features
+from captum_gscorecam.engine import restored
 from captum_gscorecam.registry import SPECS, TOWERS, MethodSpec, method_spec
 
-__all__ = ["METHODS", "applicable_methods", "check_method", "explain_maps"]
+__all__ = [
+    "METHODS",
+    "applicable_methods",
+    "check_method",
+    "explain_maps",
+    "explained_layer",
+    "layer_path",
+    "resolved_topk",
+]
 
 METHODS = {key: spec.label for key, spec in SPECS.items()}
 """Method key -> label, in the registry's order."""
@@ -99,14 +110,70 @@ def explain_maps(
     return _explainer(spec, model, layer).attribute(images, target=text, **options)
 
 
+def explained_layer(
+    model: nn.Module, method: str, layer: nn.Module | None = None
+) -> nn.Module | None:
+    """The layer ``method`` explains on ``model``: ``layer``, else the method's default
+    (``registry.SPECS[method].default_layer``); None for a method that takes no layer.
+    """
+    spec = method_spec(method)
+    if not spec.takes("layer"):
+        return None
+    return layer if layer is not None else _imported(spec.default_layer)(model)
+
+
+def layer_path(model: nn.Module, layer: nn.Module) -> str:
+    """The dotted path of ``layer`` in ``model`` (``visual.layer4``), or its class name."""
+    return next((n for n, m in model.named_modules() if m is layer), type(layer).__name__)
+
+
+def resolved_topk(
+    model: nn.Module,
+    images: Tensor,
+    method: str,
+    topk: int | float | None,
+    layer: nn.Module | None = None,
+) -> tuple[int, int] | None:
+    r"""``(k, C)``: the channels ``method`` keeps for ``topk`` of its layer's C.
+
+    One forward pass of the image tower on ``images[:1]`` reads C (a token layer's width);
+    ``checks.resolve_topk`` gives k as gScoreCAM resolves it.
+
+    Args:
+
+        model (torch.nn.Module): A CLIP model (open_clip or Hugging Face).
+        images (Tensor): Preprocessed images ``(N, 3, H, W)`` on the model's device.
+        method (str): A key of the registry.
+        topk (int, float or None): As :func:`explain_maps` takes it.
+        layer (torch.nn.Module, optional): The explained layer.
+                    Default: None (the method's default)
+
+    Returns:
+        ``(k, C)``, or None for a method without ``topk``.
+    """
+    if not method_spec(method).takes("topk"):
+        return None
+    topk = check_topk(topk)
+    layer = explained_layer(model, method, layer)
+    outputs: list[Tensor] = []
+    handle = layer.register_forward_hook(lambda _module, _args, output: outputs.append(output))
+    try:
+        with torch.no_grad(), restored(model):
+            image_features(model, images[:1])
+    finally:
+        handle.remove()
+    output = outputs[-1][0] if isinstance(outputs[-1], tuple) else outputs[-1]
+    tokens = output.dim() == 3
+    channels = int(output.shape[-1] if tokens else output.shape[1])
+    return resolve_topk(topk, channels, tokens), channels
+
+
 def _explainer(spec: MethodSpec, model: nn.Module, layer: nn.Module | None) -> Any:
     """The method's class built on ``model``, at ``layer`` (or its default) if it takes one."""
     explainer = _imported(spec.explainer)
     if not spec.takes("layer"):
         return explainer(model)
-    if layer is None:
-        layer = _imported(spec.default_layer)(model)
-    return explainer(model, layer)
+    return explainer(model, explained_layer(model, spec.key, layer))
 
 
 def _imported(path: str | None) -> Any:

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from conftest import images_for, reference_gscorecam, texts
 from PIL import Image
 
-from captum_gscorecam import GScoreCAM, ScoreCAM, default_layer, encode_text
-from captum_gscorecam.checks import CONV_TOPK_SHARE, TOKEN_TOPK_SHARE, default_topk
+from captum_gscorecam import GScoreCAM, ScoreCAM, default_layer, encode_text, gradcam_layer
+from captum_gscorecam.checks import CONV_TOPK_SHARE, TOKEN_TOPK_SHARE, default_topk, resolve_topk
+from captum_gscorecam.methods import explained_layer, layer_path, resolved_topk
 from captum_gscorecam.shapes import load_shapes_clip, render_scene
 
 
@@ -57,6 +58,44 @@ def test_the_default_follows_the_layer_kind(rn, vit):
         default = GScoreCAM(model, layer).attribute(x, target=text)
         explicit = GScoreCAM(model, layer).attribute(x, target=text, topk=default_topk(c, tokens))
         torch.testing.assert_close(default, explicit)
+
+
+@pytest.mark.parametrize("topk", [None, 0.3, 1.0, 5, 10_000])
+def test_resolved_topk_is_the_k_gscorecam_uses(rn, vit, topk):
+    for model, channels, tokens in ((rn, 256, False), (vit, 32, True)):
+        x, text = images_for(model, 2), texts(2, 1)[:, 0]
+        model.train()
+        k, c = resolved_topk(model, x, "gscorecam", topk)
+        assert model.training  # left as found
+        model.eval()
+        assert c == channels
+        assert k == resolve_topk(topk, channels, tokens)
+        assert 1 <= k <= channels
+        layer = default_layer(model)
+        assert not layer._forward_hooks
+        torch.testing.assert_close(
+            GScoreCAM(model, layer).attribute(x, target=text, topk=topk),
+            GScoreCAM(model, layer).attribute(x, target=text, topk=k),
+        )
+    for method in ("scorecam", "gradcam", "occlusion"):
+        assert resolved_topk(rn, images_for(rn, 1), method, None) is None
+
+
+def test_resolve_topk_rule():
+    assert resolve_topk(None, 2048, tokens=False) == default_topk(2048, tokens=False) == 205
+    assert resolve_topk(300, 2048, tokens=False) == 300
+    assert resolve_topk(300, 256, tokens=True) == 256  # a count is clipped to C
+    assert resolve_topk(0.25, 10, tokens=False) == 3  # a fraction rounds up
+    assert resolve_topk(1.0, 768, tokens=True) == 768
+
+
+def test_explained_layer_and_its_path(rn, vit):
+    assert explained_layer(rn, "gscorecam") is default_layer(rn)
+    assert explained_layer(vit, "gradcam") is gradcam_layer(vit)
+    assert explained_layer(rn, "occlusion") is None
+    assert explained_layer(rn, "gscorecam", rn.visual.layer3) is rn.visual.layer3
+    assert layer_path(rn, default_layer(rn)) == "visual.layer4"
+    assert layer_path(vit, gradcam_layer(vit)) == "visual.transformer.resblocks.0"
 
 
 def authors_gscorecam(
