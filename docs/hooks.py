@@ -9,7 +9,8 @@ Nothing here is copied by hand, so none of it can drift:
   (rendered by mkdocs-jupyter, not executed: the suite runs it);
 - the figures under ``benchmarks/results/``, served at the same path below the site's
   ``benchmarks/``, and ``benchmarks/more.md``: every results file no benchmark page includes;
-- ``methods/<key>.md`` for an explainer of ``gscorecam explain --method`` that has no page yet;
+- ``methods/<key>.md`` for an explainer of ``gscorecam explain --method`` that has no page yet
+  (a page written under ``docs/methods/`` but left out of ``mkdocs.yml``'s nav is added to it);
 - the formulas (``$...$``, ``$$...$$``) as MathML, made by latex2mathml, so they show without
   a script or a network;
 - in any page, ``{{ results("benchmarks/results/x.md") }}`` (the file's text, its headings moved
@@ -357,8 +358,11 @@ def on_config(config: MkDocsConfig) -> MkDocsConfig:
         "API reference",
         [{name.removeprefix(f"{PACKAGE}."): reference_uri(name)} for name in public_modules()],
     )
-    missing = [k for k in method_keys() if k not in documented_methods()]
-    expand_nav(nav, "Methods", [{key: f"methods/{key}.md"} for key in missing])
+    listed = set(re.findall(r"methods/[\w-]+\.md", str(nav)))
+    written = sorted(p.name for p in (ROOT / "docs" / "methods").glob("*.md"))
+    unlisted = [f"methods/{name}" for name in written if f"methods/{name}" not in listed]
+    missing = [f"methods/{k}.md" for k in method_keys() if k not in documented_methods()]
+    expand_nav(nav, "Methods", [*unlisted, *missing])  # titled by their first heading
     expand_nav(nav, "Benchmarks", [{"More results": "benchmarks/more.md"}])
     return config
 
