@@ -19,13 +19,19 @@ if TYPE_CHECKING:
         gradcam_layer,
         grid_tap,
     )
+    from captum_gscorecam.grad_eclip import GradECLIP
     from captum_gscorecam.hila import HilaCAM
+    from captum_gscorecam.legrad import LeGrad
+    from captum_gscorecam.rollout import AttentionRollout
 
 # Public name -> the module that defines it; a new name goes here, in __all__ and above.
 _EXPORTS = {
+    "AttentionRollout": "captum_gscorecam.rollout",
     "CLIPSimilarity": "captum_gscorecam.clip",
     "GScoreCAM": "captum_gscorecam.attribution",
+    "GradECLIP": "captum_gscorecam.grad_eclip",
     "HilaCAM": "captum_gscorecam.hila",
+    "LeGrad": "captum_gscorecam.legrad",
     "ScoreCAM": "captum_gscorecam.attribution",
     "ZeroShotClassifier": "captum_gscorecam.clip",
     "default_layer": "captum_gscorecam.clip",
@@ -35,9 +41,12 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "AttentionRollout",
     "CLIPSimilarity",
     "GScoreCAM",
+    "GradECLIP",
     "HilaCAM",
+    "LeGrad",
     "ScoreCAM",
     "ZeroShotClassifier",
     "default_layer",

@@ -18,9 +18,12 @@ from hypothesis import strategies as st
 from torch import nn
 
 from captum_gscorecam import (
+    AttentionRollout,
     CLIPSimilarity,
+    GradECLIP,
     GScoreCAM,
     HilaCAM,
+    LeGrad,
     ScoreCAM,
     checks,
     default_layer,
@@ -199,6 +202,9 @@ EXPLAINERS = {
     "GScoreCAM": (GScoreCAM, {"forward_func": MODEL, "layer": LAYER}, {"topk": 4}),
     "ScoreCAM": (ScoreCAM, {"forward_func": MODEL, "layer": LAYER}, {}),
     "HilaCAM": (HilaCAM, {"forward_func": MODEL}, {}),
+    "LeGrad": (LeGrad, {"forward_func": MODEL}, {}),
+    "GradECLIP": (GradECLIP, {"forward_func": MODEL}, {}),
+    "AttentionRollout": (AttentionRollout, {"forward_func": MODEL}, {}),
 }
 FUNCTIONS = {
     "CLIPSimilarity": (CLIPSimilarity, {"model": MODEL}),

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from conftest import images_for, texts, tiny_rn, tiny_vit
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_towers import WIDTH, timm_vit
 from torch import nn
 
 from captum_gscorecam import CLIPSimilarity, HilaCAM
@@ -266,3 +267,39 @@ def test_planted_map_lands_on_the_object_the_model_sees(quadrant):
     assert (inside > 0.8).all(), inside
     peak = maps.flatten(1).argmax(dim=1)
     assert (peak == (2 * row) * 4 + 2 * col).all()  # the object's patch
+
+
+def timm_forward(model: nn.Module, image: torch.Tensor):
+    """The image embedding and each block's attention, as timm's unfused attention computes
+    it (its probabilities seen by ``attn_drop``)."""
+    attention: list[torch.Tensor] = []
+    blocks = model.visual.trunk.blocks
+    handles = []
+    for block in blocks:
+        block.attn.fused_attn = False
+        handles.append(
+            block.attn.attn_drop.register_forward_hook(lambda _m, _i, out: attention.append(out))
+        )
+    try:
+        emb = F.normalize(model.encode_image(image[None]), dim=-1)[0]
+    finally:
+        for handle in handles:
+            handle.remove()
+    return emb, attention
+
+
+def test_timm_trunks_follow_the_rule_on_timm_attention():
+    model = timm_vit(seed=2, global_pool="token", reg_tokens=2)
+    x = images_for(model, 2, seed=3)
+    text = texts(2, 2, seed=4, width=WIDTH)
+    maps = HilaCAM(model).attribute(x, target=text)
+    for i in range(2):
+        for j in range(2):
+            emb, attention = timm_forward(model, x[i])
+            score = model.logit_scale.exp() * (emb @ text[i, j])
+            grads = torch.autograd.grad(score, attention)
+            relevance = torch.eye(attention[0].shape[-1])
+            for a, g in zip(attention, grads, strict=True):
+                relevance = relevance + (g[0] * a[0]).clamp(min=0).mean(dim=0) @ relevance
+            expected = relevance[0, 3:].reshape(4, 4)  # after the class token and 2 registers
+            torch.testing.assert_close(maps[i, j], expected, atol=1e-6, rtol=1e-4)
