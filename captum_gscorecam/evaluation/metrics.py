@@ -12,7 +12,13 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy import ndimage
-from skimage.filters import threshold_otsu
+
+from captum_gscorecam.localize import (
+    boxes_by_threshold,
+    boxes_from_map,
+    foreground,
+    points_from_map,
+)
 
 __all__ = [
     "box_accuracy",
@@ -30,7 +36,6 @@ ScoreFn = Callable[[np.ndarray], np.ndarray]
 
 # MaxBoxAccV2's map thresholds 0.00, 0.01, ..., 0.99 (Choe et al.).
 _CAM_THRESHOLDS: np.ndarray = np.arange(0.0, 1.0, 0.01)
-_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -41,7 +46,8 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> float:
 def pointing_game(saliency: np.ndarray, boxes: np.ndarray, tolerance: int = 15) -> bool:
     """Pointing game (Zhang et al., "Top-down neural attention by excitation backprop", 2016).
 
-    Hit when the map's maximum ``p = argmax(saliency)`` lies in a box, or ``d(p, box) <
+    Hit when the map's maximum ``p = argmax(saliency)`` (its first point,
+    :func:`~captum_gscorecam.localize.points_from_map`) lies in a box, or ``d(p, box) <
     tolerance``, the Euclidean distance from ``p`` to the box's nearest pixel (strict, as in
     TorchRay's benchmark). Ties take the first maximum in row-major order (``np.argmax``); a
     constant map points nowhere and is a miss.
@@ -56,9 +62,10 @@ def pointing_game(saliency: np.ndarray, boxes: np.ndarray, tolerance: int = 15) 
     Returns:
         *bool*: whether the maximum hits a box.
     """
-    if _is_constant(saliency):
+    peak = points_from_map(saliency, 1)
+    if not len(peak):
         return False
-    y, x = np.unravel_index(np.argmax(saliency), saliency.shape)
+    x, y = peak[0, :2].astype(np.int64)
     x0, y0, x1, y1 = np.asarray(boxes).reshape(-1, 4).T
     dx = np.maximum(0, np.maximum(x0 - x, x - (x1 - 1)))
     dy = np.maximum(0, np.maximum(y0 - y, y - (y1 - 1)))
@@ -73,7 +80,8 @@ def box_accuracy(
 
     The map is min-max normalised and cut at its Otsu threshold (``map > t``; the paper's
     [0, 255] scale gives the same partition); the predicted box is the tight box of the largest
-    8-connected region (ties: the first region in row-major order). Hit when
+    8-connected region (ties: the first region in row-major order), the first box of
+    :func:`~captum_gscorecam.localize.boxes_from_map` with ``rank="area"``. Hit when
     ``max_g IoU(box, g) >= iou_threshold``. A constant map gives ``(False, 0.0)``.
 
     Args:
@@ -87,12 +95,10 @@ def box_accuracy(
         *tuple[bool, float]*: the hit, and the IoU of the predicted box with its best-matching
         ground-truth box.
     """
-    if _is_constant(saliency):
+    predicted = boxes_from_map(saliency, rank="area")
+    if not len(predicted):
         return False, 0.0
-    labels, count = ndimage.label(_otsu_mask(saliency), structure=_EIGHT_CONNECTED)
-    largest = int(np.argmax(np.bincount(labels.ravel(), minlength=count + 1)[1:]))
-    predicted = _component_boxes(labels)[largest]
-    iou = float(_best_iou(predicted[None], np.asarray(boxes).reshape(-1, 4))[0])
+    iou = float(_best_iou(_corners(predicted[:1]), np.asarray(boxes).reshape(-1, 4))[0])
     return iou >= iou_threshold, iou
 
 
@@ -105,7 +111,8 @@ def max_box_acc_v2(
     Right", CVPR 2020).
 
     Each map is min-max normalised to [0, 1]. For each threshold ``tau`` in 0.00, ..., 0.99 the
-    mask ``map >= tau`` gives one box per 8-connected component, and an image's IoU at ``tau``
+    mask ``map >= tau`` gives one box per 8-connected component
+    (:func:`~captum_gscorecam.localize.boxes_by_threshold`), and an image's IoU at ``tau``
     is the best IoU of any of these boxes with any ground-truth box.
     ``BoxAcc(tau, delta)`` = fraction of images with IoU >= delta;
     ``MaxBoxAccV2 = mean_delta max_tau BoxAcc(tau, delta)``. ``tau`` is shared by all images.
@@ -174,9 +181,7 @@ def mask_iou(saliency: np.ndarray, mask: np.ndarray, threshold: float | None = N
     Returns:
         *float* in [0, 1].
     """
-    if _is_constant(saliency):
-        return 0.0
-    binary = _otsu_mask(saliency) if threshold is None else _minmax(saliency) >= threshold
+    binary = foreground(saliency, threshold)
     mask = np.asarray(mask, dtype=bool)
     union = np.count_nonzero(binary | mask)
     return float(np.count_nonzero(binary & mask) / union) if union else 0.0
@@ -287,26 +292,14 @@ def _auc(
 
 def box_iou_curve(saliency: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """Best IoU of any component box of ``minmax(map) >= tau`` with any box, per ``tau``."""
-    if _is_constant(saliency):
-        return np.zeros(_CAM_THRESHOLDS.size)
-    normalised = _minmax(saliency)
-    return np.array(
-        [
-            _best_iou(_component_boxes(_label(normalised >= tau)), boxes).max(initial=0.0)
-            for tau in _CAM_THRESHOLDS
-        ]
-    )
+    boxes = np.asarray(boxes).reshape(-1, 4)
+    per_threshold = boxes_by_threshold(saliency, _CAM_THRESHOLDS, "area")  # every box counts
+    return np.array([_best_iou(_corners(p), boxes).max(initial=0.0) for p in per_threshold])
 
 
-def _label(mask: np.ndarray) -> np.ndarray:
-    """8-connected component labels 1..n of a boolean mask (0 is background)."""
-    return ndimage.label(mask, structure=_EIGHT_CONNECTED)[0]
-
-
-def _component_boxes(labels: np.ndarray) -> np.ndarray:
-    """Tight boxes ``(n, 4)``, exclusive ends, of the labelled components 1..n in label order."""
-    slices = ndimage.find_objects(labels)
-    return np.array([[x.start, y.start, x.stop, y.stop] for y, x in slices], dtype=np.int64)
+def _corners(boxes: np.ndarray) -> np.ndarray:
+    """``x0, y0, x1, y1`` (exclusive ends) of :func:`boxes_from_map`'s ``x, y, w, h, score``."""
+    return np.column_stack([boxes[:, :2], boxes[:, :2] + boxes[:, 2:4]])
 
 
 def _pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -334,23 +327,6 @@ def _box_union(boxes: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     for x0, y0, x1, y1 in np.asarray(boxes).reshape(-1, 4):
         inside[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = True
     return inside
-
-
-def _otsu_mask(saliency: np.ndarray) -> np.ndarray:
-    """``minmax(map) > t`` with Otsu's threshold ``t`` (256 bins), for a non-constant map."""
-    normalised = _minmax(saliency)
-    return normalised > threshold_otsu(normalised)
-
-
-def _minmax(saliency: np.ndarray) -> np.ndarray:
-    """``(s - min s) / (max s - min s)``, for a non-constant map."""
-    low = saliency.min()
-    return (saliency - low) / (saliency.max() - low)
-
-
-def _is_constant(saliency: np.ndarray) -> bool:
-    """Whether all values are equal (the map carries no information)."""
-    return bool(saliency.min() == saliency.max())
 
 
 def _filled(baseline: float | np.ndarray, image: np.ndarray) -> np.ndarray:
