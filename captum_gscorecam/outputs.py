@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "OutputError",
+    "as_output_error",
     "atomic_file",
     "check_outputs",
     "file_kind",
@@ -82,6 +83,13 @@ def _shown(path: PathLike) -> str:
     """A path as one line: as written, or quoted with escapes if it holds a line break."""
     text = os.fspath(path)
     return text if text.isprintable() else repr(text)
+
+
+def as_output_error(path: PathLike, error: OSError) -> OutputError:
+    """``error``, raised while writing ``path``, as an OutputError naming ``path``."""
+    if isinstance(error, OutputError):
+        return error
+    return OutputError(path, _reason(error, Path(path).parent), error.errno)
 
 
 def _reason(error: OSError, folder: Path) -> str:

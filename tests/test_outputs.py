@@ -13,6 +13,7 @@ import os
 import stat
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -326,3 +327,92 @@ def test_importing_outputs_loads_neither_torch_nor_matplotlib():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert result.stdout.strip() == "[]"
+
+
+# evaluate writes through outputs: refused before any work, resumable after a full disk
+
+EVAL_SIZE = 64
+EVAL_SEEDS = (10_000_000, 10_000_001, 10_000_002)
+
+
+@pytest.fixture(scope="module")
+def evaluation():
+    """A tiny ViT, its preprocess and the held-out shapes examples of three scenes."""
+    from conftest import tiny_vit
+
+    from captum_gscorecam.evaluation import shapes_examples
+    from captum_gscorecam.shapes.models import make_preprocess
+
+    model = tiny_vit(image_size=EVAL_SIZE, patch_size=16)
+    return model, make_preprocess(EVAL_SIZE), shapes_examples(EVAL_SEEDS, (1, 2), EVAL_SIZE)
+
+
+def _evaluate(evaluation, tokenizer, out, examples=None):
+    from captum_gscorecam.evaluation import evaluate
+
+    model, preprocess, default = evaluation
+    examples = default if examples is None else examples
+    return evaluate(model, preprocess, tokenizer, examples, ["uniform"], 0.1, out)
+
+
+@pytest.mark.parametrize(
+    "name", ["run.json", "results.jsonl", "results.json", "evaluate.lock", "results.md"]
+)
+def test_evaluate_refuses_a_folder_where_its_file_goes_before_any_work(
+    tmp_path, evaluation, tokenizer, monkeypatch, name
+):
+    (tmp_path / name).mkdir()
+    monkeypatch.setattr(
+        "captum_gscorecam.evaluation.runner.evaluate_image",
+        mock.Mock(side_effect=AssertionError("an image was computed")),
+    )
+    with pytest.raises(OutputError, match="it is a folder; expected a file") as refused:
+        _evaluate(evaluation, tokenizer, tmp_path)
+    assert_one_line_naming(refused, tmp_path / name)
+    assert sorted(os.listdir(tmp_path)) == [name]
+
+
+def test_evaluate_on_a_read_only_folder_is_refused_before_any_work(mounts, evaluation, tokenizer):
+    if not isinstance(mounts, Mounts):
+        pytest.skip(mounts)
+    with pytest.raises(OutputError, match="read-only") as refused:
+        _evaluate(evaluation, tokenizer, mounts.read_only / "results")
+    assert "results" in str(refused.value)
+    assert sorted(os.listdir(mounts.read_only)) == ["kept.npy"]
+
+
+def test_a_disk_that_fills_mid_run_leaves_a_resumable_folder(
+    tmp_path_factory, evaluation, tokenizer
+):
+    if sys.platform != "linux" or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root on Linux")
+    from captum_gscorecam.evaluation import shapes_examples
+
+    seeds = range(10_000_000, 10_000_008)  # result lines beyond one 4 KiB page
+    examples = shapes_examples(seeds, (1, 2), EVAL_SIZE)
+    fresh = _evaluate(evaluation, tokenizer, tmp_path_factory.mktemp("fresh"), examples)
+    small = tmp_path_factory.mktemp("small")
+    try:
+        _mount(small, "size=12k")  # three pages: the lock, run.json, one page of result lines
+    except (OSError, subprocess.SubprocessError) as error:
+        pytest.skip(f"cannot mount a tmpfs here ({error})")
+    try:
+        with pytest.raises(OutputError, match="no space left on the device") as full:
+            _evaluate(evaluation, tokenizer, small / "out", examples)
+        assert "\n" not in str(full.value)
+        lines = (small / "out" / "results.jsonl").read_bytes().split(b"\n")
+        complete = [json.loads(line) for line in lines[:-1]]
+        unfinished = bool(lines[-1])  # the line the disk could not hold (unless it ended a page)
+        assert 0 < len(complete) < len(seeds)  # some images done, not all
+        assert not (small / "out" / "results.json").exists()  # never partial
+        moved = tmp_path_factory.mktemp("moved") / "out"
+        subprocess.run(["cp", "-r", str(small / "out"), str(moved)], check=True, timeout=60)
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False, timeout=30)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed = _evaluate(evaluation, tokenizer, moved, examples)
+    dropped = [w for w in caught if "1 damaged result line(s) dropped" in str(w.message)]
+    assert len(dropped) == unfinished
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(resumed["rows"]) == strip(fresh["rows"])

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from captum_gscorecam.outputs import write_figure, write_text
 from captum_gscorecam.registry import SPECS
 
 __all__ = ["bucket_label", "markdown", "object_buckets", "summarize", "write_chart", "write_report"]
@@ -53,6 +54,8 @@ MEANINGS = {
     "seconds_per_image": "the method's wall time per image, all its prompts together; lower "
     "is faster.",
 }
+# What write_report writes in a run's folder.
+REPORT_FILES = ("results.md", "results.png")
 CHART_METRICS = ("pointing", "box_accuracy", "mean_iou", "max_box_acc_v2", "energy", "mask_iou")
 # The paper's breakdown by objects per image, with a bucket for crowded (COCO) images.
 BUCKETS: tuple[tuple[str, int, int | None], ...] = (("1-3", 1, 3), ("4-6", 4, 6), ("7+", 7, None))
@@ -220,8 +223,9 @@ def _cell(value: object, fmt: str) -> str:
 def write_report(results: Mapping[str, object], out_dir: str | Path) -> None:
     """``results.md`` and ``results.png`` of a run's results (the content of results.json)."""
     out_dir = Path(out_dir)
-    (out_dir / "results.md").write_text(markdown(results))
-    write_chart(results, out_dir / "results.png")
+    table, chart = REPORT_FILES
+    write_text(out_dir / table, markdown(results))
+    write_chart(results, out_dir / chart)
 
 
 def write_chart(results: Mapping[str, object], path: str | Path) -> None:
@@ -250,7 +254,7 @@ def write_chart(results: Mapping[str, object], path: str | Path) -> None:
         axes[1].set_title("faithfulness", fontsize=9)
     fig.suptitle(_title(results), fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    write_figure(path, fig, dpi=100)
 
 
 def _bars(

@@ -28,19 +28,27 @@ from captum_gscorecam.checks import CONV_TOPK_SHARE, TOKEN_TOPK_SHARE, check_top
 from captum_gscorecam.clip import default_layer, token_blocks
 from captum_gscorecam.evaluation.datasets import Example
 from captum_gscorecam.evaluation.distributed import rank_and_world, run_lock
-from captum_gscorecam.evaluation.report import object_buckets, summarize, write_report
+from captum_gscorecam.evaluation.report import (
+    REPORT_FILES,
+    object_buckets,
+    summarize,
+    write_report,
+)
 from captum_gscorecam.evaluation.scoring import MetricParams, evaluate_image, row_keys
 from captum_gscorecam.evaluation.store import (
+    LOCK_FILE,
     RUN_FILE,
     append_record,
     drop_damaged,
     read_records,
     refuse_other_settings,
 )
+from captum_gscorecam.outputs import check_outputs, make_folder, write_text
 from captum_gscorecam.precision import precision_name, resolve_precision
 from captum_gscorecam.registry import check_methods
 
-__all__ = ["check_methods", "default_topk_share", "evaluate", "run_config"]
+__all__ = ["check_methods", "default_topk_share", "evaluate", "output_files", "run_config"]
+RESULTS_FILE = "results.json"
 
 
 def run_config(
@@ -102,6 +110,10 @@ def evaluate(
     Raises:
         ValueError: Bad methods or topk, no examples, or an ``out_dir`` holding results of
             other settings or in use by another run.
+        OutputError: Before any work, an output in ``out_dir`` (``output_files``) that cannot
+            be written (read-only, full, a folder where a file goes, one of the images); while
+            writing, a disk that fills up (``outputs.OutputError``, an ``OSError``; what was
+            written stays valid for a resume).
     """
     check_methods(methods)
     topk = default_topk_share(model) if topk is None else check_topk(topk)
@@ -111,6 +123,9 @@ def evaluate(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"out: expected a folder, got the file {out_dir}")
+    rank, world = rank_and_world()
+    sources = [e.source for e in examples if isinstance(e.source, Path)]
+    check_outputs(output_files(out_dir, world), sources)
     config = run_config(run or {}, methods, topk, params, precision=precision_name(dtype))
     groups = _by_image(examples)
     expected = {
@@ -118,14 +133,13 @@ def evaluate(
         for image_id, group in groups.items()
     }
     keys = row_keys(params)
-    rank, world = rank_and_world()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir)
     with run_lock(out_dir, rank, world):
         records = read_records(out_dir, config, expected, keys)
         refuse_other_settings(out_dir, records)
         if rank == 0:
             drop_damaged(records)
-            (out_dir / RUN_FILE).write_text(json.dumps(config, indent=1))
+            write_text(out_dir / RUN_FILE, json.dumps(config, indent=1))
         if world > 1:
             dist.barrier()  # every rank has read the records before any rank appends
         shard = out_dir / ("results.jsonl" if world == 1 else f"results.rank{rank}.jsonl")
@@ -150,9 +164,19 @@ def evaluate(
             "rows": [{k: v for k, v in row.items() if k != "iou_curve"} for row in rows],
         }
         if rank == 0:
-            (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+            write_text(out_dir / RESULTS_FILE, json.dumps(results, indent=1))
             write_report(results, out_dir)
     return results
+
+
+def output_files(out_dir: str | Path, world: int = 1) -> list[Path]:
+    """The files :func:`evaluate` writes in ``out_dir`` with ``world`` ranks, for
+    ``outputs.check_outputs`` before a model loads.
+    """
+    out_dir = Path(out_dir)
+    shards = ["results.jsonl"] if world == 1 else [f"results.rank{r}.jsonl" for r in range(world)]
+    names = [RUN_FILE, LOCK_FILE, *shards, RESULTS_FILE, *REPORT_FILES]
+    return [out_dir / name for name in names]
 
 
 def default_topk_share(model: nn.Module) -> float:

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from numbers import Real
 from pathlib import Path
 
+from captum_gscorecam.outputs import as_output_error, write_bytes
+
 __all__ = [
     "LOCK_FILE",
     "RUN_FILE",
@@ -116,9 +118,7 @@ def drop_damaged(records: Records) -> None:
         lines = path.read_bytes().splitlines()
         drop = set(indices)
         kept = [line + b"\n" for i, line in enumerate(lines) if i not in drop]
-        temporary = path.with_name(path.name + ".tmp")
-        temporary.write_bytes(b"".join(line for line in kept if line.strip()))
-        os.replace(temporary, path)
+        write_bytes(path, b"".join(line for line in kept if line.strip()))
     where = ", ".join(f"{len(i)} in {path.name}" for path, i in records.damaged.items())
     total = sum(len(indices) for indices in records.damaged.values())
     warnings.warn(
@@ -132,12 +132,15 @@ def append_record(
 ) -> None:
     """Append one image's line, after a newline if a crash left the last line unfinished."""
     record = {"settings": settings_digest(config), "image_id": image_id, "rows": list(rows)}
-    with path.open("a+b") as file:
-        if file.seek(0, os.SEEK_END):
-            file.seek(-1, os.SEEK_END)
-            if file.read(1) != b"\n":
-                file.write(b"\n")
-        file.write(json.dumps(record).encode() + b"\n")
+    try:
+        with path.open("a+b") as file:
+            if file.seek(0, os.SEEK_END):
+                file.seek(-1, os.SEEK_END)
+                if file.read(1) != b"\n":
+                    file.write(b"\n")
+            file.write(json.dumps(record).encode() + b"\n")
+    except OSError as error:  # a full disk leaves at most an unfinished last line: resumable
+        raise as_output_error(path, error) from error
 
 
 def _parse(line: bytes) -> dict[str, object] | None:
@@ -208,7 +211,10 @@ def locked(out_dir: str | Path) -> Iterator[None]:
     """
     path = Path(out_dir) / LOCK_FILE
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise as_output_error(path, error) from error
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
