@@ -93,19 +93,36 @@ def reference_page(name: str) -> str:
     return f"# `{name}`\n\n::: {name}\n"
 
 
+def package_exports() -> dict[str, str]:
+    """``captum_gscorecam.__all__``'s names and the modules defining them (its ``_EXPORTS``)."""
+    tree = ast.parse((ROOT / PACKAGE / "__init__.py").read_text())
+    exports: dict[str, str] = {}
+    names: list[str] = []
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            if node.targets[0].id == "_EXPORTS":
+                exports = ast.literal_eval(node.value)
+            if node.targets[0].id == "__all__":
+                names = ast.literal_eval(node.value)
+    return {name: exports.get(name, PACKAGE) for name in names}
+
+
 def reference_index() -> str:
-    """The API reference's index: every public module and the first line of its docstring."""
+    """The API reference's index: the package's public names, then every public module."""
+    names = "\n".join(
+        f"| [`{name}`]({module}.md#{module}.{name}) | `{module}` |"
+        for name, module in package_exports().items()
+    )
     rows = "\n".join(
         f"| [`{name}`]({name}.md) | {escape_cell(module_summary(name))} |"
         for name in public_modules()
     )
     return (
         "# API reference\n\n"
-        "One page per public module of the package, made from the docstrings at build time. "
-        "The names most code needs are importable from `captum_gscorecam` itself: "
-        "`GScoreCAM`, `ScoreCAM`, `HilaCAM`, `CLIPSimilarity`, `ZeroShotClassifier`, "
-        "`default_layer`, `gradcam_layer`, `grid_tap`, `encode_text` and any added since "
-        "(`captum_gscorecam.__all__`).\n\n"
+        "Made from the docstrings at build time. The names most code needs are importable from "
+        "`captum_gscorecam` itself (`captum_gscorecam.__all__`):\n\n"
+        "| name | defined in |\n|---|---|\n" + names + "\n\n"
+        "## Modules\n\nOne page per public module of the package.\n\n"
         "| module | what it holds |\n|---|---|\n" + rows + "\n"
     )
 

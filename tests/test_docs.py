@@ -284,7 +284,8 @@ class Links(HTMLParser):
                 self.targets.append(value)
 
 
-def test_every_internal_link_and_image_resolves(site):
+def test_every_internal_link_image_and_anchor_resolves(site):
+    html = functools.cache(lambda path: path.read_text(errors="replace"))
     broken = []
     for page in site.rglob("*.html"):
         links = Links()
@@ -295,8 +296,12 @@ def test_every_internal_link_and_image_resolves(site):
                 continue  # external, or an anchor on the same page
             base = site if parts.path.startswith("/") else page.parent  # 404.html: from the root
             resolved = (base / unquote(parts.path).lstrip("/")).resolve()
-            if not (resolved.is_file() or (resolved / "index.html").is_file()):
+            if resolved.is_dir():
+                resolved = resolved / "index.html"
+            if not resolved.is_file():
                 broken.append(f"{page.relative_to(site)} -> {target}")
+            elif parts.fragment and f'id="{unquote(parts.fragment)}"' not in html(resolved):
+                broken.append(f"{page.relative_to(site)} -> {target} (no such anchor)")
     assert not broken, broken[:20]
 
 
