@@ -29,9 +29,9 @@ import torch
 from report import emit, layer_channels
 
 from captum_gscorecam import default_layer
-from captum_gscorecam.clip import LayerGrid
 from captum_gscorecam.evaluation import evaluate
 from captum_gscorecam.evaluation.datasets import shapes_examples
+from captum_gscorecam.grids import LayerGrid
 from captum_gscorecam.loading import load_clip
 
 METRICS = {

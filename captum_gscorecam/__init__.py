@@ -11,18 +11,13 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from captum_gscorecam.attribution import GScoreCAM, ScoreCAM
-    from captum_gscorecam.clip import (
-        CLIPSimilarity,
-        ZeroShotClassifier,
-        default_layer,
-        encode_text,
-        gradcam_layer,
-        grid_tap,
-    )
+    from captum_gscorecam.clip import CLIPSimilarity, ZeroShotClassifier, encode_text
     from captum_gscorecam.grad_eclip import GradECLIP
+    from captum_gscorecam.grids import grid_tap
     from captum_gscorecam.hila import HilaCAM
     from captum_gscorecam.legrad import LeGrad
     from captum_gscorecam.rollout import AttentionRollout
+    from captum_gscorecam.towers import default_layer, gradcam_layer
 
 # Public name -> the module that defines it; a new name goes here, in __all__ and above.
 _EXPORTS = {
@@ -34,10 +29,10 @@ _EXPORTS = {
     "LeGrad": "captum_gscorecam.legrad",
     "ScoreCAM": "captum_gscorecam.attribution",
     "ZeroShotClassifier": "captum_gscorecam.clip",
-    "default_layer": "captum_gscorecam.clip",
+    "default_layer": "captum_gscorecam.towers",
     "encode_text": "captum_gscorecam.clip",
-    "gradcam_layer": "captum_gscorecam.clip",
-    "grid_tap": "captum_gscorecam.clip",
+    "gradcam_layer": "captum_gscorecam.towers",
+    "grid_tap": "captum_gscorecam.grids",
 }
 
 __all__ = [

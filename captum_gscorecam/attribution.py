@@ -16,8 +16,9 @@ from captum_gscorecam.checks import (
     check_topk,
     describe,
 )
-from captum_gscorecam.clip import CLIPSimilarity, CustomGrid, LayerGrid, is_clip_model
+from captum_gscorecam.clip import CLIPSimilarity
 from captum_gscorecam.engine import Scorer, default_chunk, exclusive, restored, score_cam
+from captum_gscorecam.grids import CustomGrid, LayerGrid
 from captum_gscorecam.precision import ReducedTower, resolve_precision
 from captum_gscorecam.scorers import (
     ReducedTextScorer,
@@ -26,6 +27,7 @@ from captum_gscorecam.scorers import (
     model_images,
     model_of,
 )
+from captum_gscorecam.towers import is_clip_model
 
 __all__ = ["GScoreCAM", "ScoreCAM"]
 
@@ -196,7 +198,7 @@ class GScoreCAM(_MaskedLayerCAM, GradientAttribution):
 
             inputs (Tensor): Images ``(N, 3, H, W)``, float, already preprocessed for the
                         model (CLIP-normalised, at the size its tower takes, see
-                        :func:`~captum_gscorecam.clip.image_input`). With a CLIP model they
+                        :func:`~captum_gscorecam.towers.image_input`). With a CLIP model they
                         are converted to the model's dtype and device.
             target (Tensor, int, tuple, list, optional): With a CLIP model, a floating-point
                         tensor is a text embedding: ``(D,)`` for every image or ``(N, D)`` one
@@ -219,8 +221,7 @@ class GScoreCAM(_MaskedLayerCAM, GradientAttribution):
                         (``benchmarks/results/topk-vit.md``)
             perturbations_per_eval (int, optional): Masked images per forward pass. Memory
                         grows with it; results do not depend on it.
-                        Default: None (16 on CPU, where small batches measured fastest,
-                        64 on other devices)
+                        Default: None (16 on CPU, 64 on other devices)
             relu_attributions (bool, optional): Apply ReLU to the weighted sum.
                         Default: True
             attribute_to_layer_input (bool, optional): Use the layer's input instead of
@@ -236,7 +237,7 @@ class GScoreCAM(_MaskedLayerCAM, GradientAttribution):
                         channels in descending gradient order, ``perturbations_per_eval``
                         at a time, and stop once a chunk changes no prompt's map by more
                         than this relative L1 amount; the map uses the channels scored so
-                        far. The README states the measured error and saving.
+                        far.
                         Default: None (exact: every kept channel is scored)
             authors_code (bool, optional): Reproduce the authors' released code, for
                         comparing with published numbers: masks upsampled with
@@ -252,8 +253,7 @@ class GScoreCAM(_MaskedLayerCAM, GradientAttribution):
                         weights change in place; ``"auto"`` picks what
                         :func:`~captum_gscorecam.precision.resolve_precision` picks for the
                         model's device. The capture pass, the ranking and the weighting keep
-                        the model's precision. Needs a CLIP model and text targets. The
-                        README states the measured speed and map change.
+                        the model's precision. Needs a CLIP model and text targets.
                         Default: None (``"fp32"``: the model's own precision, exact)
 
         Returns:

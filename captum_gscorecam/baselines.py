@@ -18,8 +18,9 @@ from captum.attr import IntegratedGradients, LayerGradCam, Occlusion, Saliency
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from captum_gscorecam.clip import CLIPSimilarity, grid_tap
+from captum_gscorecam.clip import CLIPSimilarity
 from captum_gscorecam.engine import exclusive, restored
+from captum_gscorecam.grids import grid_tap
 
 __all__ = [
     "CLIPIntegratedGradients",
@@ -39,7 +40,7 @@ class CLIPLayerGradCam:
     """Captum's ``LayerGradCam`` at a layer of the image tower, ReLU applied.
 
     ``map = relu(sum_c mean_ij(dS / dA_cij) A_c)``; on a ViT the layer's tokens are seen as a
-    grid (:func:`~captum_gscorecam.clip.grid_tap`).
+    grid (:func:`~captum_gscorecam.grids.grid_tap`).
     """
 
     def __init__(self, model: nn.Module, layer: nn.Module) -> None:

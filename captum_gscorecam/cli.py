@@ -56,14 +56,14 @@ def demo(args: argparse.Namespace) -> None:
     from captum_gscorecam.clip import encode_text
     from captum_gscorecam.methods import applicable_methods, explain_maps
     from captum_gscorecam.shapes import render_scene
+    from captum_gscorecam.towers import input_size
     from captum_gscorecam.visualization import show_maps, to_image, upsample
 
     with usage_errors():
         device = resolve_device(args.device)
         model, preprocess, tokenizer = load_model(f"shapes-{args.tower}", None, device)
     methods = [method for method in applicable_methods(model) if SPECS[method].demo]
-    size = model.visual.image_size
-    size = size[0] if isinstance(size, tuple) else size
+    size = input_size(model)[0]
     scenes = [render_scene(args.seed + i, args.objects, size) for i in range(args.scenes)]
     images = torch.stack([preprocess(scene.image) for scene in scenes]).to(device)
     text = torch.stack([encode_text(model, tokenizer, scene.captions) for scene in scenes])

@@ -24,15 +24,11 @@ from torch import Tensor, nn
 from captum_gscorecam.attention import attention_of, explicit_attention
 from captum_gscorecam.attribution import check_inputs
 from captum_gscorecam.checks import describe
-from captum_gscorecam.clip import (
-    CLIPSimilarity,
-    LayerGrid,
-    ZeroShotClassifier,
-    is_clip_model,
-    token_blocks,
-)
+from captum_gscorecam.clip import CLIPSimilarity, ZeroShotClassifier
 from captum_gscorecam.engine import exclusive, restored
+from captum_gscorecam.grids import LayerGrid
 from captum_gscorecam.scorers import make_scorer, model_images, model_of
+from captum_gscorecam.towers import is_clip_model, token_blocks
 
 __all__ = ["HilaCAM", "explicit_attention"]
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captum_gscorecam.checks import PRECISIONS
-from captum_gscorecam.clip import CLIPSimilarity
+from captum_gscorecam.towers import image_tower
 
 __all__ = [
     "PRECISIONS",
@@ -133,39 +133,6 @@ class ReducedTower:
         if images.device.type == "cpu":
             images = images.contiguous(memory_format=torch.channels_last)
         return F.normalize(self.tower(images).float(), dim=-1)
-
-
-def image_tower(model: nn.Module) -> nn.Module:
-    """The module that maps images to (unnormalised) image embeddings, as the model has it.
-
-    open_clip: ``visual`` (ModifiedResNet, VisionTransformer, timm towers); Hugging Face
-    CLIP / SigLIP: ``vision_model`` (and CLIP's ``visual_projection``), wrapped.
-    """
-    if isinstance(model, CLIPSimilarity):
-        model = model.model
-    visual = getattr(model, "visual", None)
-    if isinstance(visual, nn.Module) and callable(getattr(model, "encode_image", None)):
-        return visual
-    vision_model = getattr(model, "vision_model", None)
-    if isinstance(vision_model, nn.Module) and callable(getattr(model, "get_image_features", None)):
-        return _HFImageTower(vision_model, getattr(model, "visual_projection", None))
-    raise ValueError(
-        "precision: a reduced-precision copy needs a CLIP model with an open_clip `visual` or a "
-        f"Hugging Face `vision_model` image tower, got {type(model).__name__}; use precision=None"
-    )
-
-
-class _HFImageTower(nn.Module):
-    """A Hugging Face vision model and projection as one module: ``get_image_features``."""
-
-    def __init__(self, vision_model: nn.Module, projection: nn.Module | None) -> None:
-        super().__init__()
-        self.vision_model = vision_model
-        self.projection = projection
-
-    def forward(self, pixel_values: Tensor) -> Tensor:
-        pooled = self.vision_model(pixel_values=pixel_values).pooler_output
-        return pooled if self.projection is None else self.projection(pooled)
 
 
 def _fingerprint(tower: nn.Module) -> tuple[tuple[int, int, int], ...]:

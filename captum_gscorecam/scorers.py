@@ -24,8 +24,8 @@ from torch import Tensor, nn
 
 from captum_gscorecam.checks import describe
 from captum_gscorecam.clip import CLIPSimilarity, ZeroShotClassifier
-from captum_gscorecam.clip import model_images as tower_images
 from captum_gscorecam.engine import Scorer
+from captum_gscorecam.towers import tower_images
 
 if TYPE_CHECKING:
     from captum_gscorecam.precision import ReducedTower

@@ -17,7 +17,9 @@ from typing import Literal
 from torch import Tensor, nn
 
 from captum_gscorecam.attention import attention_of, is_attention
-from captum_gscorecam.clip import CLIPSimilarity, LayerGrid, ZeroShotClassifier, is_clip_model
+from captum_gscorecam.clip import CLIPSimilarity, ZeroShotClassifier
+from captum_gscorecam.grids import LayerGrid
+from captum_gscorecam.towers import is_clip_model
 
 __all__ = ["ViTParts", "block_tokens", "check_start_layer", "clip_forward", "vit_parts"]
 

@@ -36,7 +36,7 @@ from captum_gscorecam.checks import (
     check_tolerance,
     check_topk,
 )
-from captum_gscorecam.clip import image_input
+from captum_gscorecam.towers import image_input
 
 CHECK_SETTINGS = settings(max_examples=200, deadline=None, derandomize=True)
 ANYTHING = st.one_of(

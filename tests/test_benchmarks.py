@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from captum_gscorecam.clip import LayerGrid
+from captum_gscorecam.grids import LayerGrid
 
 IMPORTANCE = LayerGrid.importance
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"

@@ -9,7 +9,7 @@ from conftest import images_for, texts
 from torch import nn
 
 from captum_gscorecam import CLIPSimilarity, default_layer, encode_text
-from captum_gscorecam.clip import LayerGrid
+from captum_gscorecam.grids import LayerGrid
 
 
 def test_similarity_equals_open_clip_logits(rn, tokenizer):

@@ -23,9 +23,9 @@ from PIL import Image
 from torchvision import transforms
 
 from captum_gscorecam import CLIPSimilarity, default_layer, gradcam_layer, grid_tap
-from captum_gscorecam.clip import token_blocks
 from captum_gscorecam.loading import hf_preprocess
 from captum_gscorecam.shapes.models import make_preprocess
+from captum_gscorecam.towers import token_blocks
 from captum_gscorecam.visualization import captum_map, no_crop, overlay, to_photo
 
 SIZE = 224

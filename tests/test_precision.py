@@ -17,9 +17,11 @@ from torch import nn
 
 from captum_gscorecam import GScoreCAM, ScoreCAM, default_layer
 from captum_gscorecam.cli import parser
-from captum_gscorecam.clip import LayerGrid, image_features
+from captum_gscorecam.clip import image_features
 from captum_gscorecam.evaluation import shapes_examples
-from captum_gscorecam.precision import image_tower, native_cpu_bf16, resolve_precision
+from captum_gscorecam.grids import LayerGrid
+from captum_gscorecam.precision import native_cpu_bf16, resolve_precision
+from captum_gscorecam.towers import image_tower
 
 BUILDERS = {"rn": tiny_rn, "vit": tiny_vit}
 # map = relu(sum_c w_c A_c) with w a softmax, so |map' - map| <= ||w' - w||_1 max|A|: the

@@ -14,9 +14,10 @@ from test_towers import TOWERS
 from torch import nn
 
 from captum_gscorecam import CLIPSimilarity, GScoreCAM, HilaCAM, ScoreCAM, default_layer
-from captum_gscorecam.clip import image_features, image_input
+from captum_gscorecam.clip import image_features
 from captum_gscorecam.engine import exclusive
 from captum_gscorecam.methods import explain_maps
+from captum_gscorecam.towers import image_input
 
 
 def snapshot(model: nn.Module):

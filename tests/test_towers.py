@@ -25,13 +25,25 @@ from captum_gscorecam import (
     GScoreCAM,
     HilaCAM,
     ScoreCAM,
+    ZeroShotClassifier,
     default_layer,
     encode_text,
+    gradcam_layer,
 )
-from captum_gscorecam.clip import LayerGrid, is_clip_model, token_blocks
+from captum_gscorecam.grids import LayerGrid
 from captum_gscorecam.hila import explicit_attention
 from captum_gscorecam.loading import hf_preprocess, load_clip
 from captum_gscorecam.methods import applicable_methods, explain_maps
+from captum_gscorecam.towers import (
+    TokenLayout,
+    clip_model,
+    image_input,
+    image_tower,
+    input_size,
+    is_clip_model,
+    token_blocks,
+    token_layout,
+)
 
 transformers = pytest.importorskip("transformers")
 
@@ -488,3 +500,32 @@ def test_hf_preprocess_matches_the_image_processor(processor):
     assert (ours - theirs).abs().mean() < 0.05  # resampling implementations differ slightly
     normalize = hf_preprocess(processor).transforms[-1]
     assert list(normalize.mean) == pytest.approx(list(processor.image_mean))
+
+
+@pytest.mark.parametrize("tower", ["rn", "vit"])
+def test_every_tower_helper_takes_the_wrappers(request, tower):
+    """CLIPSimilarity and ZeroShotClassifier answer as the CLIP model they wrap."""
+    model = request.getfixturevalue(tower)
+    wrappers = [CLIPSimilarity(model), ZeroShotClassifier(model, torch.ones(2, 32))]
+    for wrapper in wrappers:
+        assert clip_model(wrapper) is model
+        assert gradcam_layer(wrapper) is gradcam_layer(model)
+        assert default_layer(wrapper) is default_layer(model)
+        assert token_blocks(wrapper) is token_blocks(model)
+        assert token_layout(wrapper) == token_layout(model)
+        assert LayerGrid.for_model(wrapper) == LayerGrid.for_model(model)
+        assert image_input(wrapper) == image_input(model)
+        assert input_size(wrapper) == input_size(model) == image_input(model).size
+        assert image_tower(wrapper) is model.visual
+    if tower == "vit":  # the class token is pooled: the block before the last
+        assert gradcam_layer(wrappers[1]) is model.visual.transformer.resblocks[-2]
+        assert token_layout(wrappers[1]).grid == (4, 4)
+    else:
+        assert token_layout(wrappers[1]) == TokenLayout()
+
+
+def test_input_size_names_a_tower_that_takes_any_size():
+    model = timm_convnext()
+    assert image_input(model).size is None
+    with pytest.raises(ValueError, match="model: the image tower of CLIP fixes no input size"):
+        input_size(ZeroShotClassifier(model, torch.ones(1, WIDTH)))

@@ -20,7 +20,7 @@ from captum_gscorecam import (
     default_layer,
     encode_text,
 )
-from captum_gscorecam.clip import grid_tap
+from captum_gscorecam.grids import grid_tap
 
 
 @pytest.fixture(scope="module")

@@ -134,6 +134,7 @@ def evaluate_command(args: argparse.Namespace) -> None:
     from captum_gscorecam.loading import check_model, load_model, resolve_device
     from captum_gscorecam.methods import applicable_methods, check_method
     from captum_gscorecam.precision import precision_name, resolve_precision
+    from captum_gscorecam.towers import input_size
     from captum_gscorecam.usage import UsageError, usage_errors
 
     params = MetricParams(
@@ -163,7 +164,7 @@ def evaluate_command(args: argparse.Namespace) -> None:
             topk = default_topk_share(model) if args.topk is None else args.topk
             precision = precision_name(resolve_precision(args.precision, device))
             check_resumable(args.out, run_config(run, methods, topk, params, precision=precision))
-            examples = _examples(args, _input_size(model), coco)
+            examples = _examples(args, input_size(model)[0], coco)
             results = evaluate(
                 model,
                 preprocess,
@@ -225,14 +226,6 @@ def _examples(
         return coco_image_examples(coco, size, args.template)
     seeds = range(args.seed, args.seed + (args.limit or SHAPES_IMAGES))
     return shapes_examples(seeds, args.objects, size)
-
-
-def _input_size(model: object) -> int:
-    """The side of the model's square input (open_clip towers, or a Hugging Face config)."""
-    size = getattr(getattr(model, "visual", None), "image_size", None)
-    if size is None:
-        size = model.config.vision_config.image_size
-    return size[0] if isinstance(size, (tuple, list)) else size
 
 
 def _methods(text: str) -> list[str]:

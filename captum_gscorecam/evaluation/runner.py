@@ -25,7 +25,6 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from captum_gscorecam.checks import CONV_TOPK_SHARE, TOKEN_TOPK_SHARE, check_topk
-from captum_gscorecam.clip import default_layer, token_blocks
 from captum_gscorecam.evaluation.datasets import Example
 from captum_gscorecam.evaluation.distributed import rank_and_world, run_lock
 from captum_gscorecam.evaluation.report import (
@@ -46,6 +45,7 @@ from captum_gscorecam.evaluation.store import (
 from captum_gscorecam.outputs import check_outputs, make_folder, write_text
 from captum_gscorecam.precision import precision_name, resolve_precision
 from captum_gscorecam.registry import check_methods
+from captum_gscorecam.towers import default_layer, token_blocks
 
 __all__ = ["check_methods", "default_topk_share", "evaluate", "output_files", "run_config"]
 RESULTS_FILE = "results.json"
