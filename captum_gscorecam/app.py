@@ -1,16 +1,15 @@
-"""``gscorecam app``: a web page (Gradio) on top of the functions the command line calls.
+"""The web page (Gradio) behind ``gscorecam app``, on top of the functions the command line calls.
 
 The page is built by :func:`build_app`; gradio, torch and the model are imported or loaded only
-when it is called, never when this module is imported (the command line imports it for its
-``--help``). Gradio's analytics are switched off before it is imported: the app phones no one.
+when it is called, never when this module is imported. Bad input is a message in the page (the
+library's ValueError as ``gr.Error``). Gradio's analytics are switched off before it is
+imported: the app phones no one.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,10 +18,7 @@ if TYPE_CHECKING:
     import gradio as gr
     import numpy as np
 
-__all__ = ["add_app_parser", "build_app", "parse_prompts"]
-
-# Held-out scenes (training used seeds below 10,000,000), as in ``gscorecam demo``.
-FIRST_SCENE = 10_000_000
+__all__ = ["build_app", "import_gradio", "parse_prompts"]
 
 
 def parse_prompts(text: str) -> list[str]:
@@ -45,7 +41,7 @@ def build_app(
     The model is loaded here, once (``loading.load_model``, as the command line loads it); a
     model that cannot be loaded raises its ValueError.
     """
-    gr = _gradio()
+    gr = import_gradio()
     from captum_gscorecam.loading import load_model
     from captum_gscorecam.methods import applicable_methods
 
@@ -95,6 +91,7 @@ def _inputs(gr: Any, methods: list[str]) -> dict[str, Any]:
     """The left column: the photo (or a shapes scene), the prompts, the method's settings."""
     from captum_gscorecam.precision import PRECISIONS
     from captum_gscorecam.registry import SPECS
+    from captum_gscorecam.shapes.train import HELD_OUT_SEED
 
     uses = {option: _labels(option) for option in ("precision", "topk")}
 
@@ -103,7 +100,7 @@ def _inputs(gr: Any, methods: list[str]) -> dict[str, Any]:
         "preview": gr.Image(label="Your photo", interactive=False, height=180, elem_id="preview"),
     }
     with gr.Row():
-        given["seed"] = gr.Number(FIRST_SCENE, label="Shapes scene seed", precision=0)
+        given["seed"] = gr.Number(HELD_OUT_SEED, label="Shapes scene seed", precision=0)
         given["objects"] = gr.Slider(1, 6, value=3, step=1, label="Objects")
     given["scene"] = gr.Button("Use this shapes scene", size="sm", elem_id="scene")
     given["prompts"] = gr.Textbox(label="Prompts (one per line)", lines=3, elem_id="prompts")
@@ -165,7 +162,7 @@ class _Explainer:
         try:
             return np.asarray(_read(path))
         except ValueError as error:
-            raise _gradio().Error(str(error)) from None
+            raise import_gradio().Error(str(error)) from None
 
     def scene(self, seed: float, objects: float) -> tuple[str, str]:
         """A held-out shapes scene written as a PNG, and its captions as the prompts."""
@@ -176,7 +173,7 @@ class _Explainer:
         try:
             drawn = render_scene(int(seed), int(objects))
         except (ValueError, TypeError) as error:
-            raise _gradio().Error(str(error)) from None
+            raise import_gradio().Error(str(error)) from None
         path = self.folder / f"scene-{int(seed)}-{int(objects)}.png"
         Image.fromarray(drawn.image).save(path)
         return str(path), "\n".join(drawn.captions)
@@ -193,6 +190,7 @@ class _Explainer:
         """Overlays, scores, a status line and the ``.npy`` path; bad input raises gr.Error."""
         import numpy as np
 
+        from captum_gscorecam.checks import topk_from_text
         from captum_gscorecam.clip import encode_text
         from captum_gscorecam.explain import explain_photo
         from captum_gscorecam.precision import resolve_precision
@@ -202,7 +200,7 @@ class _Explainer:
             if path is None:
                 raise ValueError("photo: upload a photo or pick a shapes scene first")
             prompts = parse_prompts(prompts_text or "")
-            topk = _topk(topk_text)
+            topk = topk_from_text(topk_text or "", "k")
             dtype = resolve_precision(precision, self.device)
             photo = _read(path)
             progress(0, desc="explaining")
@@ -220,7 +218,7 @@ class _Explainer:
             )
             seconds = time.perf_counter() - start
         except (ValueError, TypeError) as error:
-            raise _gradio().Error(str(error)) from None
+            raise import_gradio().Error(str(error)) from None
         gallery = [
             (_uint8(overlay(photo, saliency)), f"{prompt}: {score:.2f}")
             for saliency, prompt, score in zip(maps, prompts, scores, strict=True)
@@ -233,16 +231,14 @@ class _Explainer:
 
 def _status(method: str, prompts: int, dtype: Any, seconds: float) -> str:
     """What ran and how long it took, e.g. "gScoreCAM on 2 prompts (bf16 masked passes): 1.2 s"."""
+    from captum_gscorecam.precision import precision_name
     from captum_gscorecam.registry import SPECS
 
     plural = "s" if prompts > 1 else ""
     masked = ""
     if SPECS[method].takes("precision"):
-        masked = f" ({'fp32' if dtype is None else _DTYPE_NAMES[str(dtype)]} masked passes)"
+        masked = f" ({precision_name(dtype)} masked passes)"
     return f"{SPECS[method].label} on {prompts} prompt{plural}{masked}: **{seconds:.2f} s**"
-
-
-_DTYPE_NAMES = {"torch.bfloat16": "bf16", "torch.float16": "fp16"}
 
 
 def _labels(option: str) -> str:
@@ -262,99 +258,17 @@ def _read(path: str) -> Any:
         raise ValueError(str(error).replace(str(path), Path(path).name)) from None
 
 
-def _topk(text: str) -> int | float | None:
-    """The k typed in the page: empty is the default (None), else a count or a fraction."""
-    from captum_gscorecam.checks import check_topk
-
-    text = (text or "").strip()
-    if not text:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(
-            f"k: expected a channel count (300) or a fraction of the channels (0.1), got {text!r}"
-        ) from None
-    return check_topk(int(value) if value > 1 and value.is_integer() else value, "k")
-
-
 def _uint8(image: np.ndarray) -> np.ndarray:
     import numpy as np
 
     return np.rint(image * 255).astype(np.uint8)
 
 
-def _gradio() -> Any:
-    """gradio, imported with its analytics off, or a usage error naming the extra."""
+def import_gradio() -> Any:
+    """gradio, imported with its analytics off; an ImportError naming the extra without it."""
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     try:
         import gradio
     except ImportError:
-        from captum_gscorecam.usage import UsageError
-
-        raise UsageError("the web app needs gradio: pip install 'captum-gscorecam[app]'") from None
+        raise ImportError("the web app needs gradio: pip install 'captum-gscorecam[app]'") from None
     return gradio
-
-
-def serve(args: argparse.Namespace) -> None:
-    """``gscorecam app``: build the page and serve it until interrupted."""
-    from captum_gscorecam.loading import resolve_device
-    from captum_gscorecam.usage import UsageError, usage_errors
-
-    _gradio()  # before the model loads: a missing extra is said at once
-    with usage_errors():
-        device = resolve_device(args.device)
-        page = build_app(args.model, args.pretrained, device)
-    try:
-        page.launch(
-            server_name=args.host, server_port=args.port, prevent_thread_lock=True, quiet=True
-        )
-    except OSError as error:
-        raise UsageError(
-            f"argument --port: cannot serve on {args.host}:{args.port} "
-            f"({str(error).splitlines()[0]}); pick another port"
-        ) from None
-    print(f"serving {args.model} on http://{args.host}:{args.port} (Ctrl+C to stop)", flush=True)
-    page.block_thread()
-
-
-def _port_arg(text: str) -> int:
-    """``--port``: a TCP port, 1 to 65535."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {text!r}")
-    return value
-
-
-def add_app_parser(sub: Any) -> None:
-    """Register ``app`` on the ``gscorecam`` subcommands (no gradio, no torch imported)."""
-    from captum_gscorecam.usage import device_arg
-
-    a = sub.add_parser(
-        "app",
-        help="serve a web page to explain photos (needs the [app] extra)",
-        description=textwrap.fill(
-            "Serve a web page (Gradio) to explain an uploaded photo or a shapes scene against "
-            "prompts typed one per line. The model is loaded once, at start; Gradio's "
-            "analytics are off.",
-            80,
-        ),
-    )
-    a.add_argument(
-        "--model", default="shapes-rn", help="shapes-rn, shapes-vit, an open_clip name, hf:REPO"
-    )
-    a.add_argument("--pretrained", default=None, help="open_clip tag (openai) or checkpoint file")
-    a.add_argument(
-        "--device",
-        type=device_arg,
-        default="auto",
-        help="auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps",
-    )
-    a.add_argument(
-        "--host", default="127.0.0.1", help="address to serve on; 0.0.0.0 serves other machines"
-    )
-    a.add_argument("--port", type=_port_arg, default=7860, help="TCP port")
-    a.set_defaults(run=serve)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import string
 from numbers import Integral, Real
 
 __all__ = [
@@ -19,10 +20,12 @@ __all__ = [
     "check_flag",
     "check_int",
     "check_perturbations_per_eval",
+    "check_template",
     "check_tolerance",
     "check_topk",
     "default_topk",
     "describe",
+    "topk_from_text",
 ]
 
 # gScoreCAM's default k, a share of the target layer's C channels (rounded up). Convolutional
@@ -85,6 +88,45 @@ def check_topk(value: object, name: str = "topk") -> int | float | None:
     if value > 1.0 and value.is_integer():
         return int(value)
     raise ValueError(expected)
+
+
+def topk_from_text(text: str, name: str = "topk") -> int | float | None:
+    """The k of gScoreCAM as typed: ``"300"`` is a count, ``"0.1"`` a fraction, and empty
+    text is None (the caller's default); then :func:`check_topk`.
+    """
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        value: int | float = int(text)
+    except ValueError:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(
+                f"{name}: expected a channel count (300) or a fraction of the channels (0.1), "
+                f"got {text!r}"
+            ) from None
+    return check_topk(value, name)
+
+
+def check_template(template: object, name: str = "template") -> str:
+    """A prompt template with exactly one ``{}`` field, for the name: ``"a photo of a {}"``."""
+    expected = (
+        f'{name}: expected text with exactly one {{}} for the name, e.g. "a photo of a {{}}", '
+        f"got {describe(template)}"
+    )
+    if not isinstance(template, str):
+        raise TypeError(expected)
+    try:
+        parsed = string.Formatter().parse(template)
+        fields = [field for _, field, _, _ in parsed if field is not None]
+        template.format("x")
+    except (ValueError, IndexError, KeyError):
+        raise ValueError(expected) from None
+    if fields != [""]:
+        raise ValueError(expected)
+    return template
 
 
 def default_topk(n_channels: int, tokens: bool) -> int:

@@ -33,8 +33,10 @@ from captum_gscorecam.checks import (
     check_flag,
     check_int,
     check_perturbations_per_eval,
+    check_template,
     check_tolerance,
     check_topk,
+    topk_from_text,
 )
 from captum_gscorecam.towers import image_input
 
@@ -95,6 +97,56 @@ def test_topk_accepts_exactly_counts_and_fractions(value):
         expected = r"topk: expected a channel count \(an int >= 1\) or a fraction of the"
         with pytest.raises((TypeError, ValueError), match=expected):
             check_topk(value)
+
+
+@CHECK_SETTINGS
+@given(st.text(max_size=8))
+def test_topk_as_typed_is_the_number_it_spells(text):
+    """Integers are counts, decimals fractions, empty text the default; then check_topk."""
+    stripped = text.strip()
+    if not stripped:
+        assert topk_from_text(text) is None
+        return
+    try:
+        value = int(stripped)
+    except ValueError:
+        try:
+            value = float(stripped)
+        except ValueError:
+            with pytest.raises(ValueError, match=r"k: expected a channel count \(300\) or a"):
+                topk_from_text(text, "k")
+            return
+    try:
+        expected = check_topk(value, "k")
+    except (TypeError, ValueError) as error:
+        with pytest.raises(type(error), match=re.escape(str(error))):
+            topk_from_text(text, "k")
+        return
+    result = topk_from_text(text, "k")
+    assert result == expected
+    assert type(result) is type(expected)
+
+
+@pytest.mark.parametrize(
+    ("text", "topk"), [("1", 1), ("1.0", 1.0), (" 300 ", 300), ("26.0", 26), ("0.5", 0.5)]
+)
+def test_topk_as_typed_reads_one_as_one_channel(text, topk):
+    result = topk_from_text(text)
+    assert result == topk
+    assert type(result) is type(topk)
+
+
+@pytest.mark.parametrize("template", ["{}", "a photo of a {}", "{} on grass", "a {:>3}"])
+def test_a_template_with_one_field_is_kept(template):
+    assert check_template(template) == template
+
+
+@pytest.mark.parametrize("template", ["a photo", "{} and {}", "{name}", "{0}", "{", "}{", "{!x}"])
+def test_a_template_without_exactly_one_empty_field_is_refused(template):
+    with pytest.raises(ValueError, match=r"template: expected text with exactly one \{\}"):
+        check_template(template)
+    with pytest.raises(TypeError, match="template: expected text"):
+        check_template(3)
 
 
 @CHECK_SETTINGS

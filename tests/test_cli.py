@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,9 +14,10 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-import captum_gscorecam.cli as cli
+import captum_gscorecam
 import captum_gscorecam.loading as loading
 from captum_gscorecam.cli import main
+from captum_gscorecam.cli.options import UsageError, usage_errors
 from captum_gscorecam.clip import encode_text
 from captum_gscorecam.images import expand_images, read_image
 from captum_gscorecam.loading import load_clip
@@ -40,7 +43,7 @@ def no_model(monkeypatch):
     def load_model(*args: object) -> None:
         pytest.fail(f"a model was loaded for a command that should have been refused: {args}")
 
-    monkeypatch.setattr(cli, "load_model", load_model)
+    monkeypatch.setattr(loading, "load_model", load_model)
 
 
 def one_line_error(capsys, command: str = "explain") -> str:
@@ -100,7 +103,7 @@ def test_explain_a_folder_puts_maps_on_the_full_photo(tmp_path, capsys, monkeypa
     """A wide photo, centre-cropped by the model: the saved map has the photo's own size, NaN on
     the cut sides, and peaks on the planted object (at its place in the photo, not the crop)."""
     model, preprocess, tokenizer = load_clip("shapes-rn")
-    monkeypatch.setattr(cli, "load_model", lambda *a: (model, cropping(preprocess), tokenizer))
+    monkeypatch.setattr(loading, "load_model", lambda *a: (model, cropping(preprocess), tokenizer))
     scene = render_scene(10_000_007, n_objects=1)  # 224 x 224, a red circle right of centre
     pad = 112
     wide = np.zeros((224, 224 + 2 * pad, 3), np.uint8)
@@ -138,7 +141,7 @@ def test_explain_a_folder_puts_maps_on_the_full_photo(tmp_path, capsys, monkeypa
 
 def test_no_crop_squashes_instead(tmp_path, monkeypatch):
     model, preprocess, tokenizer = load_clip("shapes-rn")
-    monkeypatch.setattr(cli, "load_model", lambda *a: (model, cropping(preprocess), tokenizer))
+    monkeypatch.setattr(loading, "load_model", lambda *a: (model, cropping(preprocess), tokenizer))
     Image.fromarray(np.full((64, 128, 3), 200, np.uint8)).save(tmp_path / "wide.png")
     argv = ["explain", str(tmp_path / "wide.png"), "--prompt", "a red circle", "--no-crop"]
     argv += ["--out", str(tmp_path / "out.png"), "--save-maps", str(tmp_path / "maps")]
@@ -427,3 +430,58 @@ def test_the_package_exports_lazily():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "True"
+
+
+# Library errors as usage errors
+
+
+@pytest.mark.parametrize(
+    ("message", "line"),
+    [
+        ("device: cuda is not available", "argument --device: cuda is not available"),
+        ("layer: no module 'x'", "argument --layer: no module 'x'"),
+        ("pretrained: no such file", "argument --pretrained: no such file"),
+        ("model: unknown", "argument --model: unknown"),
+        ("image: cannot read x.png", "image: cannot read x.png"),  # not an option: as it is
+        ("no argument named", "no argument named"),
+    ],
+)
+def test_usage_errors_name_the_option(message, line):
+    with pytest.raises(UsageError) as error, usage_errors():
+        raise ValueError(message)
+    assert str(error.value) == line
+
+
+def test_usage_errors_leave_other_exceptions_alone():
+    with pytest.raises(TypeError, match="not a usage error"), usage_errors():
+        raise TypeError("not a usage error")
+
+
+# The package's layers
+
+
+def test_nothing_below_the_command_line_imports_it():
+    package = Path(captum_gscorecam.__file__).parent
+    importers = []
+    for path in package.rglob("*.py"):
+        if (package / "cli") in path.parents:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            if any(
+                name == "captum_gscorecam.cli" or name.startswith("captum_gscorecam.cli.")
+                for name in names
+            ):
+                importers.append(str(path.relative_to(package)))
+    assert importers == ["__main__.py"]  # the entry point of ``python -m captum_gscorecam``
+
+
+def test_the_held_out_seed_is_the_training_one():
+    from captum_gscorecam.cli.options import FIRST_HELD_OUT_SEED
+    from captum_gscorecam.shapes.train import HELD_OUT_SEED
+
+    assert FIRST_HELD_OUT_SEED == HELD_OUT_SEED

@@ -21,9 +21,10 @@ import captum_gscorecam.evaluation.runner as runner
 import captum_gscorecam.evaluation.scoring as scoring
 import captum_gscorecam.loading as loading
 from captum_gscorecam import CLIPSimilarity, HilaCAM, encode_text
+from captum_gscorecam.cli.evaluate import add_parser as add_evaluate_parser
+from captum_gscorecam.cli.options import UsageError
 from captum_gscorecam.evaluation import (
     MetricParams,
-    add_evaluate_parser,
     coco_examples,
     evaluate,
     max_box_acc_v2,
@@ -32,7 +33,6 @@ from captum_gscorecam.evaluation import (
 from captum_gscorecam.methods import METHODS, applicable_methods, check_method, explain_maps
 from captum_gscorecam.shapes import export_coco, render_scene
 from captum_gscorecam.shapes.models import make_preprocess
-from captum_gscorecam.usage import UsageError
 from captum_gscorecam.visualization import upsample
 
 SIZE = 64

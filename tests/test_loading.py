@@ -1,12 +1,10 @@
-"""Loading: names to objects, every failure a ValueError naming its argument; the command line
-turns those into one-line usage errors naming the option.
-"""
+"""Loading: names to objects, every failure a ValueError naming its argument (the command line
+turns those into one-line usage errors naming the option: tests/test_cli.py)."""
 
 import pytest
 import torch
 
 from captum_gscorecam.loading import check_model, find_layer, load_clip, resolve_device
-from captum_gscorecam.usage import UsageError, usage_errors
 
 
 def test_load_clip_shapes_is_eval_and_on_cpu():
@@ -44,25 +42,3 @@ def test_find_layer_finds_a_module_or_names_close_ones():
         find_layer(model, "visual.layr3")
     with pytest.raises(ValueError, match=r"close names: visual\.layer4\.0"):
         find_layer(model, "visual.layer4.zzz.qqq")
-
-
-@pytest.mark.parametrize(
-    ("message", "line"),
-    [
-        ("device: cuda is not available", "argument --device: cuda is not available"),
-        ("layer: no module 'x'", "argument --layer: no module 'x'"),
-        ("pretrained: no such file", "argument --pretrained: no such file"),
-        ("model: unknown", "argument --model: unknown"),
-        ("image: cannot read x.png", "image: cannot read x.png"),  # not an option: as it is
-        ("no argument named", "no argument named"),
-    ],
-)
-def test_usage_errors_name_the_option(message, line):
-    with pytest.raises(UsageError) as error, usage_errors():
-        raise ValueError(message)
-    assert str(error.value) == line
-
-
-def test_usage_errors_leave_other_exceptions_alone():
-    with pytest.raises(TypeError, match="not a usage error"), usage_errors():
-        raise TypeError("not a usage error")

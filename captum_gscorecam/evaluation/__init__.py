@@ -1,8 +1,8 @@
 """Localization and faithfulness metrics, evaluation datasets, scoring, and the runner comparing
 methods.
 
-Names are imported on first use, so the command line's parser can import
-``captum_gscorecam.evaluation.command`` without loading torch.
+Names are imported on first use, so importing the package (or its torch-free report) does not
+load torch.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from captum_gscorecam.evaluation.command import add_evaluate_parser, evaluate_command
     from captum_gscorecam.evaluation.datasets import Example, coco_examples, shapes_examples
     from captum_gscorecam.evaluation.metrics import (
         box_accuracy,
@@ -28,8 +27,6 @@ if TYPE_CHECKING:
     from captum_gscorecam.evaluation.scoring import MetricParams, score_map
 
 _MODULES = {
-    "add_evaluate_parser": "command",
-    "evaluate_command": "command",
     "Example": "datasets",
     "coco_examples": "datasets",
     "shapes_examples": "datasets",
@@ -52,14 +49,12 @@ _MODULES = {
 __all__ = [
     "Example",
     "MetricParams",
-    "add_evaluate_parser",
     "box_accuracy",
     "box_iou",
     "coco_examples",
     "deletion_auc",
     "energy_pointing",
     "evaluate",
-    "evaluate_command",
     "insertion_auc",
     "markdown",
     "mask_iou",

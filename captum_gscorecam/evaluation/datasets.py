@@ -10,7 +10,6 @@ boxes and masks scaled by the same factors.
 from __future__ import annotations
 
 import math
-import string
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,12 +19,12 @@ import numpy as np
 from PIL import Image
 from skimage.draw import polygon
 
+from captum_gscorecam.checks import check_template
 from captum_gscorecam.evaluation.coco import CocoImage, coco_files, read_coco, rle_decode
 from captum_gscorecam.shapes import DEFAULT_SIZE, render_scene
 
 __all__ = [
     "Example",
-    "check_template",
     "coco_examples",
     "coco_image_examples",
     "shapes_examples",
@@ -146,21 +145,6 @@ def coco_image_examples(
             f"annotations: none of the {len(images)} image(s) has a non-crowd annotation"
         )
     return examples
-
-
-def check_template(template: object) -> str:
-    """A prompt template with exactly one ``{}`` field (for the class name)."""
-    expected = f"template: expected text with one {{}} for the class name, got {template!r}"
-    if not isinstance(template, str):
-        raise TypeError(expected)
-    try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-        template.format("x")
-    except (ValueError, IndexError, KeyError):
-        raise ValueError(expected) from None
-    if fields != [""]:
-        raise ValueError(expected)
-    return template
 
 
 def _scaled_box(bbox: Sequence[float], scale: tuple[float, float], size: int) -> np.ndarray:

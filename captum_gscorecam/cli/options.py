@@ -1,17 +1,13 @@
-"""What the command line's subcommands share: errors and argument types.
+"""What the subcommands share: the usage error, the parser, argument types and option groups.
 
-Nothing here imports torch at module level, so ``--help`` stays fast. For a subcommand
-(``demo``, ``explain``, ``evaluate``):
-
-- build it with ``subparsers.add_parser(...)``: the root parser is a :class:`Parser`, so every
-  subparser prints an argparse error as one line (exit 2) and shows each option's default;
-- use the ``*_arg`` functions as ``type=``: they refuse a bad value at parse time, before any
-  model loads, with a message that fits the value (``topk_arg``, ``perturbations_arg``,
-  ``device_arg``, ``count_arg``, ``seed_arg``, ``template_arg``, ``prompt_arg``, ``layer_arg``,
-  ``figure_arg``, ``folder_arg``);
-- after parsing, call ``captum_gscorecam.loading`` (``resolve_device``, ``check_model``,
-  ``load_model``, ``find_layer``) inside :func:`usage_errors`, which turns its ValueErrors into
-  one-line usage errors; raise :class:`UsageError` for anything else the user can fix.
+Nothing here imports torch, so ``--help`` answers at once. A subcommand is added with
+``subparsers.add_parser(...)`` on the root :class:`Parser` (every subparser then prints an
+argparse error as one line, exit 2, and shows each option's default). Its options use the
+``*_arg`` functions as ``type=``, which refuse a bad value as it is parsed, before any model
+loads, with the library's own check where there is one (``checks``); the option groups
+(:func:`add_model_options`, :func:`add_topk_option`, :func:`add_precision_option`) give every
+subcommand the same option with the same help. After parsing, a subcommand calls the library
+inside :func:`usage_errors`, which turns its ValueErrors into one-line usage errors.
 """
 
 from __future__ import annotations
@@ -23,26 +19,42 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from captum_gscorecam.checks import check_perturbations_per_eval, check_topk
+from captum_gscorecam.checks import (
+    PRECISIONS,
+    check_perturbations_per_eval,
+    check_template,
+    topk_from_text,
+)
+from captum_gscorecam.registry import SPECS
 
 __all__ = [
+    "FIRST_HELD_OUT_SEED",
     "HelpFormatter",
     "Parser",
     "UsageError",
+    "add_model_options",
+    "add_precision_option",
+    "add_topk_option",
     "count_arg",
     "device_arg",
     "figure_arg",
     "figure_formats",
     "folder_arg",
     "layer_arg",
+    "non_negative_arg",
     "perturbations_arg",
+    "port_arg",
     "prompt_arg",
-    "seed_arg",
     "template_arg",
     "topk_arg",
     "usage_errors",
+    "wrapped",
 ]
 
+# The bundled shapes models were trained on scene seeds below this one (shapes.train's
+# HELD_OUT_SEED, which imports torch).
+FIRST_HELD_OUT_SEED = 10_000_000
+DEVICE_HELP = "auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps"
 TOPK_DEFAULT_HELP = (
     "per tower: 10%% of the channels of a convolutional layer, 50%% of a ViT layer's"
 )
@@ -75,6 +87,13 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def wrapped(text: str) -> str:
+    """A description as lines of the help's width (the formatter keeps line breaks)."""
+    import textwrap
+
+    return textwrap.fill(text, 80)
+
+
 # ---------------------------------------------------------------- argument types (parse time)
 
 
@@ -98,7 +117,9 @@ def _number(text: str) -> int | float | str:
 
 def topk_arg(text: str) -> int | float:
     """``--topk``: ``300`` is a channel count, ``0.1`` a fraction of the channels in (0, 1]."""
-    return _checked(check_topk, _number(text))
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a channel count (300) or a fraction (0.1)")
+    return _checked(topk_from_text, text)
 
 
 def perturbations_arg(text: str) -> int:
@@ -114,11 +135,19 @@ def count_arg(text: str) -> int:
     return value
 
 
-def seed_arg(text: str) -> int:
-    """A random seed: an integer >= 0."""
+def non_negative_arg(text: str) -> int:
+    """An integer >= 0 (``--seed``, ``--tolerance``)."""
     value = _number(text)
     if not isinstance(value, int) or value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def port_arg(text: str) -> int:
+    """``--port``: a TCP port, 1 to 65535."""
+    value = _number(text)
+    if not isinstance(value, int) or not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {text!r}")
     return value
 
 
@@ -134,16 +163,7 @@ def device_arg(text: str) -> str:
 
 def template_arg(text: str) -> str:
     """A prompt template with exactly one ``{}`` for the name, e.g. ``"a photo of a {}"``."""
-    try:
-        filled = text.format("\0")
-    except (IndexError, KeyError, ValueError):
-        filled = ""
-    if filled.count("\0") != 1:
-        raise argparse.ArgumentTypeError(
-            f'expected text with exactly one {{}} for the name, e.g. "a photo of a {{}}", '
-            f"got {text!r}"
-        )
-    return text
+    return _checked(check_template, text)
 
 
 def prompt_arg(text: str) -> str:
@@ -201,6 +221,56 @@ def _check_parent(path: Path, text: str) -> None:
     parent = path.absolute().parent
     if not parent.is_dir():
         raise argparse.ArgumentTypeError(f"{text}: the folder {parent} does not exist")
+
+
+# ---------------------------------------------------------------- option groups
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--pretrained`` and ``--device``: the model a command loads, and where."""
+    parser.add_argument(
+        "--model", default="shapes-rn", help="shapes-rn, shapes-vit, an open_clip name, hf:REPO"
+    )
+    parser.add_argument(
+        "--pretrained",
+        default=None,
+        help="open_clip tag (openai) or checkpoint file (default: none; an open_clip name "
+        "alone has random weights; not for shapes-* and hf:)",
+    )
+    add_device_option(parser)
+
+
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    """``--device``: where the model runs."""
+    parser.add_argument("--device", type=device_arg, default="auto", help=DEVICE_HELP)
+
+
+def add_topk_option(parser: argparse.ArgumentParser) -> None:
+    """``--topk``: the channels of the methods that keep the top k (gScoreCAM)."""
+    parser.add_argument(
+        "--topk",
+        type=topk_arg,
+        default=None,
+        help=f"{_labels('topk')}'s channels: a count (300) or a fraction (0.1) "
+        f"(default: {TOPK_DEFAULT_HELP})",
+    )
+
+
+def add_precision_option(parser: argparse.ArgumentParser) -> None:
+    """``--precision``: of the masked passes of the methods that have them."""
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help=f"the masked passes of {_labels('precision')}: auto (bf16 on a CPU with native "
+        "bf16 and on CUDA, else fp32), fp32 (exact), bf16 or fp16 (a copy of the image tower)",
+    )
+
+
+def _labels(option: str) -> str:
+    """The labels of the methods that take ``option``: "gScoreCAM and ScoreCAM"."""
+    labels = [spec.label for spec in SPECS.values() if spec.takes(option)]
+    return " and ".join([", ".join(labels[:-1]), labels[-1]] if len(labels) > 1 else labels)
 
 
 # ---------------------------------------------------------------- library errors as usage errors

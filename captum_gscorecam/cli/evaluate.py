@@ -1,8 +1,8 @@
 """``gscorecam evaluate``: its arguments, checked at parse time, and the command.
 
-Nothing heavy is imported here until an argument needs it or the command runs, so the
-``gscorecam`` parser (and ``--help``) stays fast. Every argument is checked before a model
-loads and before anything is written: a bad value is one line naming the option, exit 2.
+Nothing heavy is imported until the command runs, so ``--help`` stays fast. Every argument is
+checked before a model loads and before anything is written: a bad value is one line naming
+the option, exit 2.
 """
 
 from __future__ import annotations
@@ -13,36 +13,36 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from captum_gscorecam.cli.options import (
+    FIRST_HELD_OUT_SEED,
+    UsageError,
+    add_model_options,
+    add_precision_option,
+    add_topk_option,
+    count_arg,
+    folder_arg,
+    non_negative_arg,
+    template_arg,
+    usage_errors,
+)
+
 if TYPE_CHECKING:
     from captum_gscorecam.evaluation.coco import CocoImage
     from captum_gscorecam.evaluation.datasets import Example
 
-__all__ = ["add_evaluate_parser", "evaluate_command"]
+__all__ = ["add_parser", "run"]
 
 SHAPES_IMAGES = 100
 
 
-def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``gscorecam evaluate`` on the command's subparsers.
+def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``evaluate`` on the ``gscorecam`` subcommands.
 
     Every argument is checked here or before the model loads; nothing is written before.
     """
-    from captum_gscorecam.checks import PRECISIONS
-    from captum_gscorecam.usage import (
-        TOPK_DEFAULT_HELP,
-        HelpFormatter,
-        count_arg,
-        device_arg,
-        folder_arg,
-        seed_arg,
-        template_arg,
-        topk_arg,
-    )
-
-    p = subparsers.add_parser(
+    p = subcommands.add_parser(
         "evaluate",
         help="compare explainers on a localization benchmark",
-        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--dataset",
@@ -66,12 +66,7 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument(
         "--template", type=template_arg, default="{}", help='COCO prompt, e.g. "a photo of a {}"'
     )
-    p.add_argument("--model", default="shapes-rn", help="shapes-rn, shapes-vit or open_clip name")
-    p.add_argument(
-        "--pretrained",
-        default=None,
-        help="open_clip tag (openai) or a checkpoint; not for shapes-*",
-    )
+    add_model_options(p)
     p.add_argument(
         "--methods",
         type=_methods,
@@ -79,12 +74,7 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
         metavar="A,B,...",
         help="comma-separated, each once (default: every method that applies to the model)",
     )
-    p.add_argument(
-        "--topk",
-        type=topk_arg,
-        default=None,
-        help=f"gScoreCAM's channel count (>= 1) or fraction (0, 1]; default: {TOPK_DEFAULT_HELP}",
-    )
+    add_topk_option(p)
     p.add_argument(
         "--limit",
         type=count_arg,
@@ -94,48 +84,38 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument(
         "--objects", type=_objects, default="3-6", help="shapes per scene: LOW-HIGH or N"
     )
-    p.add_argument("--seed", type=seed_arg, default=10_000_000, help="first held-out scene seed")
+    p.add_argument(
+        "--seed",
+        type=non_negative_arg,
+        default=FIRST_HELD_OUT_SEED,
+        help="first held-out scene seed",
+    )
     p.add_argument("--faithfulness", action="store_true", help="add deletion / insertion AUC")
     p.add_argument(
         "--faithfulness-steps", type=count_arg, default=20, help="steps of deletion / insertion"
     )
-    p.add_argument("--tolerance", type=_non_negative, default=15, help="pointing game margin (px)")
     p.add_argument(
-        "--device",
-        type=device_arg,
-        default="auto",
-        help="auto (cuda if there is one), cpu, cuda or cuda:N",
+        "--tolerance", type=non_negative_arg, default=15, help="pointing game margin (px)"
     )
-    p.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="auto",
-        help="gScoreCAM and ScoreCAM masked passes: auto (bf16 on a CPU with native bf16 and on "
-        "CUDA, else fp32), fp32 (exact), bf16 or fp16; recorded in run.json",
-    )
+    add_precision_option(p)
     p.add_argument("--out", type=folder_arg, default="results", help="output folder")
-    p.set_defaults(run=evaluate_command)
+    p.set_defaults(run=run)
     return p
 
 
-def evaluate_command(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace) -> None:
     """``gscorecam evaluate``: check, build the examples, run :func:`evaluate`, print the table."""
     import torch.distributed as dist
 
     from captum_gscorecam.evaluation.distributed import init_distributed, rank_and_world
     from captum_gscorecam.evaluation.report import markdown
-    from captum_gscorecam.evaluation.runner import (
-        default_topk_share,
-        evaluate,
-        run_config,
-    )
+    from captum_gscorecam.evaluation.runner import default_topk_share, evaluate, run_config
     from captum_gscorecam.evaluation.scoring import MetricParams
     from captum_gscorecam.evaluation.store import check_resumable, locked
     from captum_gscorecam.loading import check_model, load_model, resolve_device
     from captum_gscorecam.methods import applicable_methods, check_method
     from captum_gscorecam.precision import precision_name, resolve_precision
     from captum_gscorecam.towers import input_size
-    from captum_gscorecam.usage import UsageError, usage_errors
 
     params = MetricParams(
         tolerance=args.tolerance,
@@ -144,8 +124,8 @@ def evaluate_command(args: argparse.Namespace) -> None:
     with usage_errors():
         check_model(args.model, args.pretrained)
     try:
-        run = _run_description(args)
-        coco = _coco_images(args, run)
+        setting = _run_description(args)
+        coco = _coco_images(args, setting)
         if Path(args.out).is_dir() and os.environ.get("RANK", "0") == "0":
             with locked(args.out):  # in use: refused now, not after loading the model
                 pass
@@ -163,7 +143,9 @@ def evaluate_command(args: argparse.Namespace) -> None:
                 check_method(model, method)
             topk = default_topk_share(model) if args.topk is None else args.topk
             precision = precision_name(resolve_precision(args.precision, device))
-            check_resumable(args.out, run_config(run, methods, topk, params, precision=precision))
+            check_resumable(
+                args.out, run_config(setting, methods, topk, params, precision=precision)
+            )
             examples = _examples(args, input_size(model)[0], coco)
             results = evaluate(
                 model,
@@ -173,7 +155,7 @@ def evaluate_command(args: argparse.Namespace) -> None:
                 methods,
                 topk,
                 args.out,
-                run=run,
+                run=setting,
                 params=params,
                 show_progress=True,
                 precision=args.precision,
@@ -192,14 +174,14 @@ def _run_description(args: argparse.Namespace) -> dict[str, object]:
     """The dataset and model settings of the command, checked."""
     from captum_gscorecam.evaluation.coco import coco_files
 
-    run: dict[str, object] = {"model": args.model, "pretrained": args.pretrained}
+    setting: dict[str, object] = {"model": args.model, "pretrained": args.pretrained}
     if args.dataset == "shapes":
         for flag in ("root", "annotations", "images"):
             if getattr(args, flag) is not None:
                 raise ValueError(f"{flag}: --{flag} is for --dataset coco")
-        return run | {"dataset": "shapes", "seed": args.seed, "objects": list(args.objects)}
+        return setting | {"dataset": "shapes", "seed": args.seed, "objects": list(args.objects)}
     annotations, images = coco_files(args.root, args.annotations, args.images)
-    return run | {
+    return setting | {
         "dataset": "coco",
         "annotations": str(annotations),
         "images": str(images),
@@ -207,13 +189,13 @@ def _run_description(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
-def _coco_images(args: argparse.Namespace, run: Mapping[str, object]) -> list[CocoImage] | None:
+def _coco_images(args: argparse.Namespace, setting: Mapping[str, object]) -> list[CocoImage] | None:
     """The COCO images, read and checked before any model loads; None for shapes."""
     from captum_gscorecam.evaluation.coco import read_coco
 
-    if run["dataset"] != "coco":
+    if setting["dataset"] != "coco":
         return None
-    return read_coco(run["annotations"], run["images"], args.limit)
+    return read_coco(setting["annotations"], setting["images"], args.limit)
 
 
 def _examples(
@@ -246,10 +228,3 @@ def _objects(text: str) -> tuple[int, int]:
     if not 1 <= bounds[0] <= bounds[1] <= 6:
         raise argparse.ArgumentTypeError(f"expected LOW-HIGH within 1-6 or one count, got {text!r}")
     return bounds
-
-
-def _non_negative(text: str) -> int:
-    """An integer argument >= 0."""
-    if not text.strip().lstrip("+").isdigit():
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return int(text)

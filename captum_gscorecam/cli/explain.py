@@ -1,0 +1,304 @@
+"""``gscorecam explain``: your photos against prompts, a figure per photo and a score table."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from captum_gscorecam.cli.options import (
+    UsageError,
+    add_model_options,
+    add_precision_option,
+    add_topk_option,
+    figure_arg,
+    folder_arg,
+    layer_arg,
+    perturbations_arg,
+    prompt_arg,
+    template_arg,
+    usage_errors,
+    wrapped,
+)
+from captum_gscorecam.registry import SPECS
+
+__all__ = ["add_parser", "run"]
+
+# The options that only some methods use, named as the registry names them.
+METHOD_OPTIONS = ("topk", "layer", "perturbations_per_eval")
+
+
+def add_parser(subcommands: argparse._SubParsersAction) -> None:
+    """Register ``explain`` on the ``gscorecam`` subcommands."""
+    formats = ", ".join(f".{f}" for f in ("png", "jpg", "pdf", "svg"))
+    width = max(map(len, SPECS))
+    methods = "\n".join(f"  {key:<{width}}  {spec.help}" for key, spec in SPECS.items())
+    e = subcommands.add_parser(
+        "explain",
+        help="explain your photos against prompts",
+        description=wrapped(
+            "Explain each photo against every prompt. Writes one figure per photo with a row "
+            "per prompt (the map over the full photo; the border the model's centre crop cuts "
+            "away is dimmed and hatched: it has no value), and a table of CLIP scores "
+            "(logit_scale * cos; a row per photo, a column per prompt), printed and written as "
+            "scores.csv and scores.md beside the figures."
+        ),
+        epilog=f"methods:\n{methods}",
+    )
+    e.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders or globs")
+    e.add_argument(
+        "--prompt", type=prompt_arg, action="append", required=True, help="text; repeat for more"
+    )
+    e.add_argument(
+        "--template", type=template_arg, default="{}", help='wraps each prompt: "a photo of a {}"'
+    )
+    e.add_argument(
+        "--out",
+        type=_out_arg,
+        metavar="PATH",
+        default=Path("explained"),
+        help=f"output folder (figures <image stem>.png, scores), or for one photo a figure file "
+        f"({formats}, ...; scores beside it)",
+    )
+    e.add_argument(
+        "--save-maps",
+        type=folder_arg,
+        default=None,
+        metavar="DIR",
+        help="also write DIR/<image stem>.npy, float32 (prompts, height, width) at the photo's "
+        "resolution (NaN where the crop cut), and DIR/prompts.json",
+    )
+    e.add_argument(
+        "--no-crop",
+        action="store_true",
+        help="resize the whole photo to the model's square input (changes its aspect) instead "
+        "of centre-cropping it (the shapes models always do)",
+    )
+    e.add_argument(
+        "--method",
+        choices=list(SPECS),
+        default="gscorecam",
+        metavar="METHOD",
+        help="the explainer, one of the methods below",
+    )
+    add_topk_option(e)
+    add_model_options(e)
+    e.add_argument(
+        "--layer",
+        type=layer_arg,
+        default=None,
+        help="dotted module path, e.g. visual.layer3 (default: layer4 of a ResNet, the last "
+        "block of a ViT; for gradcam the block before on class-token ViTs)",
+    )
+    e.add_argument(
+        "--perturbations-per-eval",
+        type=perturbations_arg,
+        default=None,
+        metavar="N",
+        help="masked images per forward pass (default: the device's: 16 on CPU, 64 on GPU)",
+    )
+    add_precision_option(e)
+    e.set_defaults(run=run)
+
+
+def _out_arg(text: str) -> Path:
+    """``--out``: a figure file (for one photo) or an output folder."""
+    path = Path(text)
+    return folder_arg(text) if path.is_dir() or not path.suffix else figure_arg(text)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Explain each photo against every prompt: a figure per photo (a row per prompt, the map on
+    the full photo), a table of CLIP scores, and with ``--save-maps`` the maps as ``.npy``.
+    Everything is checked before the model loads.
+    """
+    from captum_gscorecam.images import check_image, expand_images
+    from captum_gscorecam.loading import check_model, find_layer, load_model, resolve_device
+    from captum_gscorecam.methods import check_method
+
+    with usage_errors():
+        paths = expand_images(args.images)
+        for path in paths:
+            check_image(path)
+    figures = _figure_paths(args.out, paths)
+    _check_method_options(args)
+    texts = [args.template.format(prompt) for prompt in args.prompt]
+    with usage_errors():
+        check_model(args.model, args.pretrained)
+        device = resolve_device(args.device)
+        model, preprocess, tokenizer = load_model(args.model, args.pretrained, device)
+    try:
+        check_method(model, args.method)
+    except ValueError as error:
+        raise UsageError(f"argument --method: {str(error).partition(': ')[2]}") from None
+    with usage_errors():
+        layer = None if args.layer is None else find_layer(model, args.layer)
+    _explain_photos(args, paths, figures, texts, model, preprocess, tokenizer, layer)
+
+
+def _figure_paths(out: Path, paths: Sequence[Path]) -> list[Path]:
+    """``--out``: a figure file for one photo, else a folder of ``<stem>.png``; stems unique."""
+    stems: dict[str, Path] = {}
+    for path in paths:
+        if path.stem in stems:
+            raise UsageError(
+                f"argument images: {stems[path.stem]} and {path} share the name {path.stem!r}, "
+                "and their figures and maps are named after it; rename one or explain them apart"
+            )
+        stems[path.stem] = path
+    if out.suffix and not out.is_dir():
+        if len(paths) > 1:
+            raise UsageError(
+                f"argument --out: {out} is one figure, for one photo; {len(paths)} photos need "
+                "an output folder"
+            )
+        return [out]
+    return [out / f"{path.stem}.png" for path in paths]
+
+
+def _check_method_options(args: argparse.Namespace) -> None:
+    """Refuse options the chosen method would ignore (the registry says which it takes)."""
+    for option in METHOD_OPTIONS:
+        if getattr(args, option) is not None and not SPECS[args.method].takes(option):
+            methods = [key for key, spec in SPECS.items() if spec.takes(option)]
+            flag = "--" + option.replace("_", "-")
+            raise UsageError(
+                f"argument {flag}: --method {args.method} does not use it; it applies to "
+                f"{', '.join(methods)}"
+            )
+
+
+def _explain_photos(
+    args: argparse.Namespace,
+    paths: Sequence[Path],
+    figures: Sequence[Path],
+    texts: Sequence[str],
+    model: Any,
+    preprocess: Any,
+    tokenizer: Any,
+    layer: Any,
+) -> None:
+    """The work of ``explain`` once everything is checked and the model is loaded."""
+    import json
+
+    from tqdm import tqdm
+
+    from captum_gscorecam.clip import encode_text
+    from captum_gscorecam.visualization import no_crop
+
+    if args.no_crop:
+        preprocess = no_crop(preprocess)
+    text = encode_text(model, tokenizer, texts)[None]
+    if args.save_maps is not None:
+        args.save_maps.mkdir(exist_ok=True)
+        (args.save_maps / "prompts.json").write_text(json.dumps(args.prompt, indent=1) + "\n")
+    folder = figures[0].parent
+    folder.mkdir(exist_ok=True)
+    rows, start = [], time.perf_counter()
+    with tqdm(paths, desc="images", unit="image") as bar:  # closed (a newline) before an error
+        for path, figure in zip(bar, figures, strict=True):
+            began = time.perf_counter()
+            scores = _explain_photo(args, path, figure, text, model, preprocess, layer)
+            rows.append((str(path), scores, time.perf_counter() - began))
+    elapsed = time.perf_counter() - start
+    table = _score_table(rows, args.prompt)
+    (folder / "scores.md").write_text(table + "\n")
+    (folder / "scores.csv").write_text(_score_csv(rows, args.prompt))
+    print(f"CLIP scores (logit_scale * cos), {args.model}, {SPECS[args.method].label}:")
+    print(table)
+    print(f"{len(paths)} image(s) x {len(texts)} prompt(s) in {elapsed:.1f} s")
+    named = figures[0] if len(figures) == 1 else f"{len(figures)} figures in {folder}"
+    print(f"wrote {named}, {folder / 'scores.csv'}, {folder / 'scores.md'}")
+    if args.save_maps is not None:
+        print(f"wrote {len(paths)} map(s) (T, H, W) and prompts.json to {args.save_maps}")
+
+
+def _explain_photo(
+    args: argparse.Namespace,
+    path: Path,
+    figure: Path,
+    text: Any,
+    model: Any,
+    preprocess: Any,
+    layer: Any,
+) -> list[float]:
+    """One photo: its maps placed on it, its figure, its ``.npy``; returns its CLIP scores."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import numpy as np
+
+    from captum_gscorecam.explain import explain_photo
+    from captum_gscorecam.images import read_image
+
+    try:
+        photo = read_image(path)
+    except ValueError as error:  # damaged past its header, which was checked up front
+        raise UsageError(str(error)) from None
+    photo_maps, photo_scores = explain_photo(  # the function the web app calls
+        model,
+        preprocess,
+        photo,
+        text[0],
+        args.method,
+        args.topk,
+        show_progress=True,
+        layer=layer,
+        perturbations_per_eval=args.perturbations_per_eval,
+        precision=args.precision,
+    )
+    scores = photo_scores.tolist()
+    fig = _photo_figure(photo, photo_maps, args.prompt, scores, SPECS[args.method].label)
+    fig.savefig(figure, dpi=100)
+    if args.save_maps is not None:
+        np.save(args.save_maps / f"{path.stem}.npy", photo_maps)
+    return scores
+
+
+def _photo_figure(
+    photo: Any, maps: Any, prompts: Sequence[str], scores: Sequence[float], method: str
+) -> Any:
+    """A row per prompt: the map over the full photo, titled with the prompt and its score."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from captum_gscorecam.visualization import overlay
+
+    width, height = photo.size
+    panel = 5.0
+    fig, axes = plt.subplots(
+        len(prompts), 1, figsize=(panel, panel * height / width * len(prompts) + 0.4),
+        squeeze=False,
+    )  # fmt: skip
+    pixels = np.asarray(photo)
+    for ax, saliency, prompt, score in zip(axes[:, 0], maps, prompts, scores, strict=True):
+        ax.imshow(overlay(pixels, saliency))
+        ax.set_title(f"{method}: {prompt!r}  (score {score:.2f})", fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def _score_table(rows: Sequence[tuple[str, list[float], float]], prompts: Sequence[str]) -> str:
+    """A Markdown table: one row per image, one column per prompt, and the seconds it took."""
+    head = ["image", *prompts, "seconds"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for image, scores, seconds in rows:
+        cells = [image, *(f"{s:.2f}" for s in scores), f"{seconds:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _score_csv(rows: Sequence[tuple[str, list[float], float]], prompts: Sequence[str]) -> str:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["image", *prompts, "seconds"])
+    for image, scores, seconds in rows:
+        writer.writerow([image, *(f"{s:.4f}" for s in scores), f"{seconds:.2f}"])
+    return buffer.getvalue()
