@@ -7,12 +7,16 @@ import json
 import os
 import socket
 import sys
+import warnings
 
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
 from conftest import images_for, texts, tiny_rn, tiny_vit
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from PIL import Image
 from pycocotools import mask as coco_mask
 
@@ -30,6 +34,7 @@ from captum_gscorecam.evaluation import (
     max_box_acc_v2,
     shapes_examples,
 )
+from captum_gscorecam.evaluation.coco import rle_decode
 from captum_gscorecam.methods import METHODS, applicable_methods, check_method, explain_maps
 from captum_gscorecam.shapes import export_coco, render_scene
 from captum_gscorecam.shapes.models import make_preprocess
@@ -168,16 +173,52 @@ def test_compressed_and_uncompressed_rle_give_the_same_mask(tmp_path):
     assert masks[0].sum() == 64 * 32
 
 
-def test_compressed_rle_without_pycocotools_warns_and_leaves_the_mask_unknown(
-    tmp_path, monkeypatch
-):
+def test_compressed_rle_needs_no_pycocotools(tmp_path, monkeypatch):
+    expected = _right_half_compressed_rle()  # made by pycocotools, before it goes
     monkeypatch.setitem(sys.modules, "pycocotools", None)  # import fails
     annotation = {"image_id": 7, "category_id": 1, "bbox": [50, 0, 50, 50]}
-    _coco_folder(tmp_path, [annotation | {"segmentation": _right_half_compressed_rle()}])
-    with pytest.warns(UserWarning, match=r"pycocotools.*captum-gscorecam\[coco\]"):
+    _coco_folder(tmp_path, [annotation | {"segmentation": expected}])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         (example,) = coco_examples(tmp_path, 64)
-    assert example.mask is None
+    assert example.mask[:, 32:].all()
+    assert not example.mask[:, :32].any()
     np.testing.assert_array_equal(example.boxes, [[32, 0, 64, 64]])
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(
+    hnp.arrays(
+        np.uint8, hnp.array_shapes(min_dims=2, max_dims=2, max_side=40), elements=st.integers(0, 1)
+    )
+)
+def test_compressed_rle_decodes_as_pycocotools_encodes(mask):
+    rle = coco_mask.encode(np.asfortranarray(mask))
+    counts = rle["counts"].decode()
+    np.testing.assert_array_equal(rle_decode({"counts": counts, "size": list(mask.shape)}), mask)
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(
+    hnp.arrays(np.uint8, (5, 7), elements=st.integers(0, 1)),
+    st.integers(0, 100),
+    st.text(alphabet=[chr(c) for c in range(40, 120)], max_size=2),
+)
+def test_a_damaged_compressed_rle_is_refused_or_decoded_as_pycocotools(mask, at, replacement):
+    """pycocotools decodes any text into some mask; ours refuses what is not a 5 x 7 RLE."""
+    counts = coco_mask.encode(np.asfortranarray(mask))["counts"].decode()
+    at %= len(counts)
+    damaged = counts[:at] + replacement + counts[at + 1 :]
+    try:
+        decoded, refusal = rle_decode({"counts": damaged, "size": [5, 7]}), None
+    except ValueError as error:
+        decoded, refusal = None, str(error)
+    if decoded is None:
+        assert refusal == "rle: expected runs adding up to 5 x 7 pixels"
+        return
+    reference = coco_mask.decode({"counts": damaged.encode(), "size": [5, 7]})
+    np.testing.assert_array_equal(decoded, reference.astype(bool))
 
 
 # The baselines in methods.py

@@ -306,16 +306,109 @@ def _edit(key, index, field, value):
             _edit("annotations", 1, "segmentation", [[1.0, 2.0, 3.0]]),
             "annotations[1].segmentation[0]: expected a polygon of x, y pairs, got [1.0, 2.0, 3.0]",
         ),
+        (
+            lambda d: d | {"categories": [*d["categories"], dict(d["categories"][4], name="x")]},
+            "categories[36].id: expected a new id (categories[4] has it), got 5",
+        ),
+        (
+            _edit("annotations", 0, "iscrowd", "no"),
+            'annotations[0].iscrowd: expected 0 or 1, got "no"',
+        ),
+        (_edit("annotations", 3, "iscrowd", 2), "annotations[3].iscrowd: expected 0 or 1, got 2"),
+        (
+            _edit("images", 1, "file_name", "../../x.png"),
+            "images[1].file_name: expected a file inside the image folder {images}, "
+            'got "../../x.png"',
+        ),
+        (
+            _edit("images", 0, "file_name", "/etc/passwd"),
+            "images[0].file_name: expected a file inside the image folder {images}, "
+            'got "/etc/passwd"',
+        ),
+        (_edit("images", 0, "file_name", "."), "images[0].file_name: expected a file inside"),
+        (
+            _edit("annotations", 0, "segmentation", {"counts": "garbage!", "size": [SIZE, SIZE]}),
+            "annotations[0].segmentation.counts: expected a compressed RLE (characters 0 to o, "
+            'the last run complete), got "garbage!"',
+        ),
+        (
+            _edit("annotations", 0, "segmentation", {"counts": "0PPYo", "size": [SIZE, SIZE]}),
+            "annotations[0].segmentation.counts: expected a compressed RLE (characters 0 to o, "
+            'the last run complete), got "0PPYo"',
+        ),
+        (
+            _edit("annotations", 2, "segmentation", {"counts": "PPYo0", "size": [SIZE, SIZE]}),
+            "annotations[2].segmentation.counts: expected runs adding up to 4096 pixels, "
+            'got "PPYo0"',
+        ),
+        (
+            _edit("annotations", 1, "segmentation", {"counts": [4096], "size": [64.0, 64]}),
+            "annotations[1].segmentation.size: expected the image's [height, width] = [64, 64]",
+        ),
+        (
+            lambda d: "[" * 200_000 + "]" * 200_000,
+            "not a COCO file (JSON nested deeper than Python's recursion limit",
+        ),
+        (
+            lambda d: d | {"info": json.loads("[" * 500 + "]" * 500)},
+            None,  # deep, but within the limit and unused: read
+        ),
     ],
 )
 def test_a_malformed_coco_file_names_the_file_and_the_field(coco, edit, message):
     root, data = coco
     path = write(root, edit(data))
+    if message is None:
+        assert len(coco_examples(root, SIZE)) == 4
+        return
     with pytest.raises(ValueError, match=r"^annotations: ") as error:
         coco_examples(root, SIZE)
     assert str(error.value).startswith(f"annotations: {path}: ")
-    assert message in str(error.value)
+    assert message.format(images=root / "images") in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_boxes_beyond_the_image_or_of_zero_area_are_skipped_with_one_warning(coco):
+    root, data = coco
+    data["annotations"][0]["bbox"] = [1e9, 1e9, 10, 10]
+    data["annotations"][1]["bbox"] = [5, 5, 0, 3]
+    data["annotations"][2]["bbox"] = [-3, 0, 5, 5]  # 3 px to the left of the image
+    write(root, data)
+    with pytest.warns(UserWarning, match=r"^annotations: ") as caught:
+        examples = coco_examples(root, SIZE)
+    (message,) = [str(w.message) for w in caught]
+    assert message == (
+        f"annotations: {root / 'annotations' / 'instances.json'}: skipped the boxes 2 reaching "
+        "more than 1 px beyond their image (annotations[0], annotations[2]); 1 of zero width or "
+        "height (annotations[1]); those objects are not scored"
+    )
+    kept = data["annotations"][3]
+    assert [(e.image_id, e.n_objects) for e in examples] == [(str(kept["image_id"]), 1)]
+
+
+def test_boxes_within_a_pixel_of_the_image_are_kept(coco):
+    root, data = coco
+    data["annotations"][0]["bbox"] = [-1.0, -0.5, SIZE + 2.0, 10]  # 1 px over on each side
+    data["annotations"][1]["bbox"] = [0.5, 0.5, 0.25, 0.25]  # tiny, not empty
+    write(root, data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        examples = coco_examples(root, SIZE)
+    assert len(examples) == 4
+    np.testing.assert_array_equal(examples[0].boxes, [[0, 0, SIZE, 10]])
+
+
+def test_file_names_inside_the_image_folder_are_read(coco):
+    root, data = coco
+    name = data["images"][0]["file_name"]
+    (root / "images" / "sub").mkdir()
+    data["images"][0]["file_name"] = str((root / "images" / name).absolute())
+    data["images"][1]["file_name"] = f"sub/../{data['images'][1]['file_name']}"
+    write(root, data)
+    assert {e.source for e in coco_examples(root, SIZE)} == {
+        root / "images" / name,
+        root / "images" / "sub" / ".." / data["images"][1]["file_name"].split("/")[-1],
+    }
 
 
 def test_a_malformed_coco_file_is_one_line_from_the_command(coco, capsys, no_model):

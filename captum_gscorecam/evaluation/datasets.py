@@ -10,7 +10,6 @@ boxes and masks scaled by the same factors.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,9 +96,8 @@ def coco_examples(
     ``"a photo of a {}"`` is the other common choice). Crowd annotations are skipped. Boxes
     ``[x, y, w, h]`` become ``floor(x s), floor(y s'), ceil((x + w) s), ceil((y + h) s')`` with
     ``s = size / width``, ``s' = size / height`` (at least one pixel wide and high); masks come
-    from polygons (filled in the scaled frame) or RLE (resized, nearest); compressed RLE needs
-    ``pycocotools`` (extra ``coco``), without which the class's mask is unknown (None) and a
-    warning says so. The file is checked as :func:`read_coco` describes.
+    from polygons (filled in the scaled frame) or RLE, plain or compressed (decoded at the
+    image's size, then resized, nearest). The file is checked as :func:`read_coco` describes.
 
     Args:
         root: The dataset folder, as ``export_coco`` writes it or as COCO ships val2017
@@ -181,35 +179,7 @@ def _instance_mask(segmentation: object, image: CocoImage, size: int) -> np.ndar
         return mask
     if not isinstance(segmentation, dict):
         return None
-    counts = segmentation.get("counts")
-    if isinstance(counts, list):
-        full = rle_decode(segmentation)
-    elif isinstance(counts, (str, bytes)):
-        full = _compressed_rle_decode(segmentation)
-        if full is None:
-            return None
-    else:
-        return None
-    resized = Image.fromarray(full).resize((size, size), Image.Resampling.NEAREST)
+    resized = Image.fromarray(rle_decode(segmentation)).resize(
+        (size, size), Image.Resampling.NEAREST
+    )
     return np.asarray(resized)
-
-
-def _compressed_rle_decode(segmentation: dict) -> np.ndarray | None:
-    """COCO's compressed RLE (``counts`` a string) as a bool ``(h, w)`` mask, by pycocotools."""
-    try:
-        from pycocotools import mask as coco_mask
-    except ImportError:
-        warnings.warn(
-            "coco: compressed RLE masks need pycocotools (pip install 'captum-gscorecam[coco]'); "
-            "mask IoU is skipped for those classes",
-            stacklevel=4,
-        )
-        return None
-    counts = segmentation["counts"]
-    rle = {
-        "size": segmentation["size"],
-        "counts": counts.encode() if isinstance(counts, str) else counts,
-    }
-    with warnings.catch_warnings():  # pycocotools 2.0 under numpy 2 warns on every decode
-        warnings.filterwarnings("ignore", "__array__ implementation", DeprecationWarning)
-        return coco_mask.decode(rle).astype(bool)
