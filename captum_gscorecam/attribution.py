@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from captum_gscorecam.checks import (
     check_flag,
+    check_not_meta,
     check_perturbations_per_eval,
     check_tolerance,
     check_topk,
@@ -354,6 +355,7 @@ def check_inputs(inputs: Tensor | tuple[Tensor]) -> Tensor:
         raise ValueError(f"inputs: expected a 4-D float tensor (N, 3, H, W), got {got}")
     if inputs.shape[0] == 0:
         raise ValueError("inputs: expected at least one image, got an empty batch")
+    check_not_meta(inputs, "inputs")
     if not bool(torch.isfinite(inputs).all()):
         raise ValueError("inputs: contains NaN or infinite values")
     return inputs

@@ -19,6 +19,7 @@ __all__ = [
     "check_device_name",
     "check_flag",
     "check_int",
+    "check_not_meta",
     "check_perturbations_per_eval",
     "check_template",
     "check_tolerance",
@@ -181,6 +182,21 @@ def check_tolerance(value: object, name: str, none_allowed: bool = False) -> flo
     if not (math.isfinite(value) and value >= 0):
         raise ValueError(f"{expected}, got {value!r}")
     return value
+
+
+def check_not_meta(value: object, name: str) -> None:
+    """Refuse a tensor on PyTorch's ``meta`` device: it has a shape and a dtype but no values.
+
+    Args:
+
+        value (object): Anything; only a tensor (or array) on the meta device is refused.
+        name (str): The argument named in the error.
+    """
+    if getattr(getattr(value, "device", None), "type", None) == "meta":
+        raise ValueError(
+            f"{name}: a tensor on the meta device has no values; load it or move it to a "
+            "device such as cpu or cuda first"
+        )
 
 
 def check_flag(value: object, name: str) -> bool:

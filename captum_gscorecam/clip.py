@@ -12,15 +12,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from captum_gscorecam.checks import describe
+from captum_gscorecam.checks import check_not_meta, describe
 from captum_gscorecam.towers import is_clip_model, tower_images
 
 __all__ = [
+    "MIN_TEXT_NORM",
     "CLIPSimilarity",
     "ZeroShotClassifier",
     "encode_text",
     "image_features",
 ]
+
+
+# F.normalize's eps: a text embedding no longer than this has no direction (its cosine with
+# every image is 0, a constant score), so every path that takes text embeddings refuses it.
+MIN_TEXT_NORM = 1e-12
 
 
 def image_features(model: nn.Module, images: Tensor) -> Tensor:
@@ -105,6 +111,7 @@ class CLIPSimilarity(nn.Module):
         n, width = image_emb.shape
         if not (isinstance(text_emb, Tensor) and text_emb.is_floating_point()):
             raise TypeError(f"{name}: expected a float tensor, got {describe(text_emb)}")
+        check_not_meta(text_emb, name)
         if text_emb.dim() not in (1, 2, 3):
             raise ValueError(
                 f"{name}: expected text embeddings (D,), (N, D) or (N, T, D), "
@@ -153,9 +160,13 @@ def encode_text(model: nn.Module, tokenizer: Callable[..., Any], prompts: Sequen
     if len(prompts) == 0:
         raise ValueError("prompts: expected at least one prompt")
     device = next(model.parameters()).device
+    if device.type == "meta":
+        raise ValueError(
+            "model: its parameters are on the meta device (no values); load the weights first"
+        )
     with torch.no_grad():
         if callable(getattr(model, "encode_text", None)):
-            tokens = tokenizer(list(prompts))
+            tokens = _tokenized(tokenizer, list(prompts))
             if not (
                 isinstance(tokens, Tensor) and tokens.dim() == 2 and not tokens.is_floating_point()
             ):
@@ -175,7 +186,9 @@ def _hf_tokens(model: nn.Module, tokenizer: Callable[..., Any], prompts: Sequenc
     """The keyword arguments of ``get_text_features`` for prompts, on the model's device."""
     siglip = getattr(getattr(model, "config", None), "model_type", None) == "siglip"
     padding = "max_length" if siglip else True
-    encoded = tokenizer(text=list(prompts), padding=padding, truncation=True, return_tensors="pt")
+    encoded = _tokenized(
+        tokenizer, text=list(prompts), padding=padding, truncation=True, return_tensors="pt"
+    )
     if not isinstance(encoded, Mapping):
         raise TypeError(
             "tokenizer: a Hugging Face model needs its tokenizer or processor (which returns a "
@@ -183,6 +196,19 @@ def _hf_tokens(model: nn.Module, tokenizer: Callable[..., Any], prompts: Sequenc
         )
     device = next(model.parameters()).device
     return {key: value.to(device) for key, value in encoded.items()}
+
+
+def _tokenized(tokenizer: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``tokenizer(*args, **kwargs)``; whatever it raises becomes a TypeError naming it."""
+    try:
+        return tokenizer(*args, **kwargs)
+    except Exception as error:  # a user's callable may raise anything
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise TypeError(
+            "tokenizer: expected the model's tokenizer (open_clip's, or a Hugging Face "
+            f"tokenizer or processor), but calling it on the prompts raised "
+            f"{type(error).__name__}{f': {first}' if first else ''}"
+        ) from error
 
 
 class ZeroShotClassifier(nn.Module):
@@ -224,10 +250,14 @@ class ZeroShotClassifier(nn.Module):
                 f"text_emb: expected K >= 1 text embeddings (K, D) or one (D,), "
                 f"got shape {tuple(text_emb.shape)}"
             )
+        check_not_meta(text_emb, "text_emb")
         if not bool(torch.isfinite(text_emb).all()):
             raise ValueError("text_emb: contains NaN or infinite values")
-        if not bool((text_emb.norm(dim=-1) > 0).all()):
-            raise ValueError("text_emb: an embedding of norm 0 has no direction to compare")
+        if not bool((text_emb.norm(dim=-1) > MIN_TEXT_NORM).all()):
+            raise ValueError(
+                f"text_emb: an embedding of norm 0 (or at most {MIN_TEXT_NORM:g}) has no "
+                "direction to compare"
+            )
         self.similarity = similarity
         self.register_buffer("text_emb", F.normalize(text_emb.detach().float(), dim=-1))
 

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from numbers import Integral
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from captum_gscorecam.checks import describe
-from captum_gscorecam.clip import CLIPSimilarity, ZeroShotClassifier
+from captum_gscorecam.checks import check_not_meta, describe
+from captum_gscorecam.clip import MIN_TEXT_NORM, CLIPSimilarity, ZeroShotClassifier
 from captum_gscorecam.engine import Scorer
 from captum_gscorecam.towers import tower_images
 
@@ -91,8 +92,10 @@ def target_index(target: object, n: int, device: torch.device) -> Tensor:
     """Captum's target as an index tensor ``(N, r)`` into the output ``(N, *dims)`` (r = len(dims)).
 
     ``None`` -> ``(N, 0)``; an int or a one-element integer tensor -> the same index for every
-    example; a tuple -> the same multi-index; a list of N ints or tuples, or an integer tensor of
-    N elements -> one per example.
+    example; a tuple of ints -> the same multi-index; a list of N ints (or 0-dim integer
+    tensors) or N tuples of one length, or an integer tensor of N elements -> one per example.
+    Indices are integers: bools, floats, strings, None, nested lists and ragged lists are
+    refused, never rounded or coerced.
 
     Args:
 
@@ -111,6 +114,7 @@ def target_index(target: object, n: int, device: torch.device) -> Tensor:
                 "target: a tensor target must hold integer indices (a floating-point tensor is "
                 "a text embedding, which needs a CLIP model as forward_func)"
             )
+        check_not_meta(target, "target")
         if target.numel() == 1:
             return target.reshape(1, 1).to(device, torch.long).expand(n, 1)
         if target.dim() == 1 and target.numel() == n:
@@ -119,26 +123,60 @@ def target_index(target: object, n: int, device: torch.device) -> Tensor:
             f"target: expected an integer tensor of 1 or {n} elements, "
             f"got shape {tuple(target.shape)}"
         )
-    if isinstance(target, bool):
-        raise TypeError("target: expected an int, tuple, list or tensor, got bool")
-    if isinstance(target, int):
-        return torch.full((n, 1), target, dtype=torch.long, device=device)
     if isinstance(target, tuple):
-        return torch.tensor([target], dtype=torch.long, device=device).expand(n, len(target))
+        row = _index_row(target, "")
+        return torch.tensor([row], dtype=torch.long, device=device).expand(n, len(row))
     if isinstance(target, list):
         if len(target) != n:
             raise ValueError(
                 f"target: a list target needs one entry per example ({n}), got {len(target)}"
             )
-        rows = [row if isinstance(row, tuple) else (row,) for row in target]
+        rows = [
+            _index_row(entry if isinstance(entry, tuple) else (entry,), f" in entry {i}")
+            for i, entry in enumerate(target)
+        ]
         if len({len(row) for row in rows}) != 1:
             raise ValueError(
-                "target: every entry of a list target must index the same number of dims"
+                "target: every entry of a list target must index the same number of dims, "
+                f"got lengths {sorted({len(row) for row in rows})}"
             )
         return torch.tensor(rows, dtype=torch.long, device=device)
+    if isinstance(target, Integral):  # a bool too, which _index refuses
+        return torch.full((n, 1), _index(target, ""), dtype=torch.long, device=device)
     raise TypeError(
-        f"target: expected None, an int, a tuple, a list or a tensor, got {type(target).__name__}"
+        f"target: expected None, an int, a tuple, a list or a tensor, got {describe(target)}"
     )
+
+
+def _is_index(value: object) -> bool:
+    """An int (not a bool) or a 0-dim integer tensor."""
+    if isinstance(value, Tensor):
+        return value.dim() == 0 and not (
+            value.is_floating_point() or value.is_complex() or value.dtype == torch.bool
+        )
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _index(value: object, where: str) -> int:
+    """``value`` as an int64 index; anything else is an error naming ``target`` (and ``where``)."""
+    if not _is_index(value):
+        raise TypeError(
+            "target: expected integer indices (an int, or a 0-dim integer tensor; not a bool, "
+            f"float, string or list), got {describe(value)}{where}"
+        )
+    if isinstance(value, Tensor):
+        check_not_meta(value, "target")
+    index = int(value)
+    if not -(2**63) <= index < 2**63:
+        raise ValueError(f"target: index {index}{where} is out of range for any output")
+    return index
+
+
+def _index_row(row: tuple, where: str) -> tuple[int, ...]:
+    """A multi-index: a non-empty tuple of integer indices."""
+    if not row:
+        raise ValueError(f"target: an empty tuple{where} indexes nothing")
+    return tuple(_index(value, where) for value in row)
 
 
 class TargetScorer:
@@ -355,10 +393,10 @@ def _text_per_image(text: Tensor, n: int, name: str) -> Tensor:
         raise ValueError(
             f"{name}: expected at least one prompt per image, got shape {tuple(text.shape)}"
         )
+    check_not_meta(text, name)
     if not bool(text.isfinite().all()):
         raise ValueError(f"{name}: the text embedding contains NaN or infinite values")
-    # F.normalize's eps: below it, the cosine is 0 for every image (a constant score)
-    if bool((text.norm(dim=-1) <= 1e-12).any()):
+    if bool((text.norm(dim=-1) <= MIN_TEXT_NORM).any()):
         raise ValueError(f"{name}: a text embedding is all zeros (it matches no image)")
     if text.dim() == 1:
         return text.expand(n, 1, -1)

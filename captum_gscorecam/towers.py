@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from captum_gscorecam.checks import describe
+from captum_gscorecam.checks import check_not_meta, describe
 
 __all__ = [
     "ImageInput",
@@ -178,7 +178,12 @@ def tower_images(model: nn.Module, images: Tensor, name: str = "images") -> Tens
         raise ValueError(
             f"{name}: expected a 4-D float tensor (N, 3, H, W), got {describe(images)}"
         )
+    check_not_meta(images, name)
     spec = image_input(model)
+    if spec.device is not None and spec.device.type == "meta":
+        raise ValueError(
+            "model: its parameters are on the meta device (no values); load the weights first"
+        )
     height, width = images.shape[2:]
     if spec.channels is not None and images.shape[1] != spec.channels:
         raise ValueError(

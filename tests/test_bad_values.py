@@ -25,9 +25,11 @@ from captum_gscorecam import (
     HilaCAM,
     LeGrad,
     ScoreCAM,
+    ZeroShotClassifier,
     checks,
     default_layer,
     encode_text,
+    gradcam_layer,
 )
 from captum_gscorecam.checks import (
     check_flag,
@@ -244,6 +246,18 @@ NEAR_MISSES = st.sampled_from(
         b"bytes",
         10**30,
         -(10**30),
+        # integer targets that are not integers, and tensors without values
+        [0.9, 2.7],
+        [True],
+        [[0]],
+        [None],
+        [torch.tensor([0, 1])],
+        (),
+        (0.5,),
+        torch.empty(1, 3, 32, 32, device="meta"),
+        torch.empty(32, device="meta"),
+        torch.empty(1, 2, device="meta", dtype=torch.long),
+        str.upper,  # a callable that fails on the prompts
     ]
 )
 BAD = st.one_of(ANYTHING, TENSORS, NEAR_MISSES)
@@ -257,12 +271,20 @@ EXPLAINERS = {
     "LeGrad": (LeGrad, {"forward_func": MODEL}, {}),
     "GradECLIP": (GradECLIP, {"forward_func": MODEL}, {}),
     "AttentionRollout": (AttentionRollout, {"forward_func": MODEL}, {}),
+    # integer targets through a classifier over two prompts
+    "GScoreCAM(ZeroShotClassifier)": (
+        GScoreCAM,
+        {"forward_func": ZeroShotClassifier(MODEL, texts(1, 2, seed=5)[0]), "layer": LAYER},
+        {"topk": 4, "target": 1},
+    ),
 }
 FUNCTIONS = {
     "CLIPSimilarity": (CLIPSimilarity, {"model": MODEL}),
     "CLIPSimilarity.forward": (CLIPSimilarity(MODEL).forward, {"images": IMAGES, "text_emb": TEXT}),
     "encode_text": (encode_text, {"model": MODEL, "tokenizer": TOKENIZER, "prompts": ["a cat"]}),
+    "ZeroShotClassifier": (ZeroShotClassifier, {"model": MODEL, "text_emb": TEXT}),
     "default_layer": (default_layer, {"model": MODEL}),
+    "gradcam_layer": (gradcam_layer, {"model": MODEL}),
     "image_input": (image_input, {"model": MODEL}),
 }
 

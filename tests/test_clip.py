@@ -42,6 +42,18 @@ def test_encode_text(rn, tokenizer):
         encode_text(rn, tokenizer, [])
 
 
+def test_a_tokenizer_that_fails_is_named(rn):
+    with pytest.raises(TypeError, match=r"tokenizer: expected the model's .* raised TypeError"):
+        encode_text(rn, str.upper, ["a"])
+
+    def broken(_prompts: list[str]) -> None:
+        raise KeyError("no vocabulary")
+
+    with pytest.raises(TypeError, match="raised KeyError: 'no vocabulary'") as error:
+        encode_text(rn, broken, ["a"])
+    assert isinstance(error.value.__cause__, KeyError)
+
+
 def test_default_layers(rn, vit):
     assert default_layer(rn) is rn.visual.layer4
     assert default_layer(vit) is vit.visual.transformer.resblocks[-1]

@@ -13,7 +13,14 @@ from conftest import images_for, texts, tiny_rn, tiny_vit
 from test_towers import TOWERS
 from torch import nn
 
-from captum_gscorecam import CLIPSimilarity, GScoreCAM, HilaCAM, ScoreCAM, default_layer
+from captum_gscorecam import (
+    CLIPSimilarity,
+    GScoreCAM,
+    HilaCAM,
+    ScoreCAM,
+    default_layer,
+    encode_text,
+)
 from captum_gscorecam.clip import image_features
 from captum_gscorecam.engine import exclusive
 from captum_gscorecam.methods import explain_maps
@@ -615,3 +622,37 @@ def test_image_input_says_which_sizes_each_tower_takes(name):
             cam.attribute(other, target=texts(1, 1), topk=4)
         with pytest.raises((AssertionError, RuntimeError, ValueError)):  # timm asserts
             image_features(model, other)
+
+
+# --- Tensors on the meta device (a shape, no values) --------------------------------------
+
+
+def meta(*shape: int) -> torch.Tensor:
+    return torch.empty(*shape, device="meta")
+
+
+@pytest.mark.parametrize("method", ["gscorecam", "scorecam", "hilacam"])
+def test_tensors_on_the_meta_device_are_named(method):
+    model = tiny_vit(seed=7) if method == "hilacam" else tiny_rn(seed=7)
+    cam = explainer(method, model)
+    x, text = images_for(model, 2), texts(2, 1)[:, 0]
+    with pytest.raises(ValueError, match="inputs: a tensor on the meta device has no values"):
+        cam.attribute(meta(*x.shape), target=text)
+    with pytest.raises(ValueError, match="target: a tensor on the meta device has no values"):
+        cam.attribute(x, target=meta(2, 32))
+    similarity = GScoreCAM(CLIPSimilarity(model), default_layer(model))
+    with pytest.raises(ValueError, match="additional_forward_args: a tensor on the meta"):
+        similarity.attribute(x, additional_forward_args=(meta(2, 32),))
+
+
+def test_meta_tensors_and_models_in_the_clip_adapter_are_named(rn, tokenizer):
+    x, text = images_for(rn, 1), texts(1, 1)[0, 0]
+    with pytest.raises(ValueError, match="images: a tensor on the meta device"):
+        CLIPSimilarity(rn)(meta(*x.shape), text)
+    with pytest.raises(ValueError, match="text_emb: a tensor on the meta device"):
+        CLIPSimilarity(rn)(x, meta(32))
+    on_meta = tiny_rn(seed=7).to("meta")
+    with pytest.raises(ValueError, match="model: its parameters are on the meta device"):
+        encode_text(on_meta, tokenizer, ["a cat"])
+    with pytest.raises(ValueError, match="model: its parameters are on the meta device"):
+        GScoreCAM(on_meta, default_layer(on_meta)).attribute(x, target=text)

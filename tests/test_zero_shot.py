@@ -63,6 +63,8 @@ def test_encode_text_recipe(rn, tokenizer):
         ("rn", torch.ones(0, 32), ValueError, "text_emb: expected K >= 1"),
         ("rn", torch.full((2, 32), float("nan")), ValueError, "text_emb: contains NaN"),
         ("rn", torch.zeros(2, 32), ValueError, "text_emb: an embedding of norm 0"),
+        ("rn", torch.full((2, 32), 1e-20), ValueError, r"text_emb: .* at most 1e-12\) has no"),
+        ("rn", torch.empty(2, 32, device="meta"), ValueError, "text_emb: a tensor on the meta"),
     ],
 )
 def test_bad_arguments(rn, model, text, error, match):
@@ -161,3 +163,71 @@ def test_pytorch_grad_cam(rn, prompts):
     assert first.shape == (1, 64, 64)
     assert np.isfinite(first).all()
     assert not np.allclose(first, other)  # the target picks the prompt
+
+
+# --- Strict targets: integer indices only, never coerced ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("target", "error", "match"),
+    [
+        ([0.9, 2.7], TypeError, r"target: expected integer indices .* got 0\.9 in entry 0"),
+        ([True, False], TypeError, r"target: expected integer indices .* got True in entry 0"),
+        (
+            [torch.tensor([0, 1]), torch.tensor([2])],
+            TypeError,
+            r"target: .* got a torch\.int64 Tensor of shape \(2,\) in entry 0",
+        ),
+        ([[0], [1]], TypeError, "target: expected integer indices .* got list in entry 0"),
+        (["a", "b"], TypeError, "target: expected integer indices .* got 'a' in entry 0"),
+        ([None, 1], TypeError, "target: expected integer indices .* got None in entry 0"),
+        ([(0,), (1, 0)], ValueError, r"target: every entry .* same number of dims, got lengths"),
+        ([(), ()], ValueError, "target: an empty tuple in entry 0 indexes nothing"),
+        ((), ValueError, "target: an empty tuple indexes nothing"),
+        ((0.5,), TypeError, "target: expected integer indices .* got 0.5"),
+        (0.5, TypeError, "target: expected None, an int, a tuple, a list or a tensor, got 0.5"),
+        (True, TypeError, "target: expected integer indices .* got True"),
+        ("a", TypeError, "target: expected None, an int, a tuple, a list or a tensor, got 'a'"),
+        (10**30, ValueError, r"target: index 10{30} is out of range for any output"),
+        (torch.tensor([0.0, 1.0]), TypeError, "target: a floating-point target is a text emb"),
+        (torch.tensor([True, False]), TypeError, "target: a tensor target must hold integer"),
+    ],
+)
+@pytest.mark.parametrize("cam_class", [GScoreCAM, ScoreCAM])
+def test_integer_targets_must_be_integers(rn, prompts, cam_class, target, error, match):
+    clf = ZeroShotClassifier(rn, prompts)
+    with pytest.raises(error, match=match):
+        cam_class(clf, default_layer(rn)).attribute(images_for(rn, 2), target=target)
+
+
+def test_integer_like_targets_are_the_ints_they_hold(rn, prompts):
+    clf = ZeroShotClassifier(rn, prompts)
+    cam = GScoreCAM(clf, default_layer(rn))
+    x = images_for(rn, 2)
+    expected = cam.attribute(x, target=[0, 2], topk=4)
+    for same in (
+        [np.int64(0), np.int64(2)],
+        [torch.tensor(0), torch.tensor(2)],
+        [(0,), (2,)],
+        [-3, -1],
+        torch.tensor([0, 2]),
+    ):
+        torch.testing.assert_close(cam.attribute(x, target=same, topk=4), expected)
+    torch.testing.assert_close(
+        cam.attribute(x, target=np.int64(2), topk=4), cam.attribute(x, target=2, topk=4)
+    )
+
+
+@pytest.mark.parametrize("norm", [0.0, 1e-20, 1e-13, 1e-11, 1e-6, 1.0])
+def test_the_classifier_refuses_the_text_rows_a_text_target_refuses(rn, prompts, norm):
+    row = torch.ones(32, dtype=torch.float64) * norm / 32**0.5
+    text = torch.cat([prompts.double(), row[None]]).float()
+    cam = GScoreCAM(rn, default_layer(rn))
+    if norm < 1e-12:
+        with pytest.raises(ValueError, match=r"^target: a text embedding is all zeros"):
+            cam.attribute(images_for(rn, 1), target=text[None], topk=4)
+        with pytest.raises(ValueError, match=r"^text_emb: an embedding of norm 0 \(or at most"):
+            ZeroShotClassifier(rn, text)
+    else:
+        cam.attribute(images_for(rn, 1), target=text[None], topk=4)
+        ZeroShotClassifier(rn, text)
