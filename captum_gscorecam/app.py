@@ -33,19 +33,24 @@ def parse_prompts(text: str) -> list[str]:
 
 
 def build_app(
-    model: str = "shapes-rn", pretrained: str | None = None, device: str = "cpu"
+    model: str = "shapes-rn",
+    pretrained: str | None = None,
+    device: str = "cpu",
+    *,
+    loaded: tuple[Any, Any, Any] | None = None,
 ) -> gr.Blocks:
     """The page: a photo (uploaded or a shapes scene), prompts, method, k and precision in;
     overlays on the photo, the CLIP score per prompt, the time and the maps (``.npy``) out.
 
-    The model is loaded here, once (``loading.load_model``, as the command line loads it); a
-    model that cannot be loaded raises its ValueError.
+    The model is loaded here, once (``loading.load_model``, as the command line loads it), or
+    given as ``loaded``: ``load_model(model, pretrained, device)``'s result; a model that cannot
+    be loaded raises its ValueError.
     """
     gr = import_gradio()
     from captum_gscorecam.loading import load_model
     from captum_gscorecam.methods import applicable_methods
 
-    clip, preprocess, tokenizer = load_model(model, pretrained, device)
+    clip, preprocess, tokenizer = loaded or load_model(model, pretrained, device)
     explainer = _Explainer(clip, preprocess, tokenizer, device)
     # Gradio keeps a copy of every returned file (overlays, maps); drop those over an hour old.
     with gr.Blocks(title="gScoreCAM: what is CLIP looking at?", delete_cache=(3600, 3600)) as page:

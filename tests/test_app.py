@@ -197,7 +197,7 @@ def test_without_gradio_the_command_names_the_extra(monkeypatch, capsys):
 
 def test_a_port_in_use_is_one_line(server, capsys):
     port = server.rstrip("/").rsplit(":", 1)[1]
-    assert main(["app", "--port", port, "--device", "cpu"]) == 2
+    assert main(["app", "--port", port, "--device", "cpu", "--model", "shapes-rn"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(
         f"gscorecam app: error: argument --port: cannot serve on 127.0.0.1:{port}"
@@ -215,7 +215,7 @@ def command_server(tmp_path_factory):
     with log.open("w") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "captum_gscorecam", "app", "--port", str(port), "--device",
-             "cpu"],
+             "cpu", "--model", "shapes-rn"],
             stdout=out, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
     try:

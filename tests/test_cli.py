@@ -73,7 +73,7 @@ def test_demo_writes_a_figure_and_a_table(tmp_path, capsys, tower):
 def test_explain_an_image_file(tmp_path, capsys, scene_png, method):
     path, scene = scene_png
     out = tmp_path / "out.png"
-    argv = ["explain", str(path), "--out", str(out), "--method", method]
+    argv = ["explain", str(path), "--model", "shapes-rn", "--out", str(out), "--method", method]
     for caption in scene.captions:
         argv += ["--prompt", caption]
     assert main(argv) == 0
@@ -198,7 +198,11 @@ BAD = [
     (["--method", "scorecam", "--topk", "10"], "--topk", "it applies to gscorecam"),
     (["--method", "hilacam", "--layer", "visual.layer3"], "--layer", "does not use it"),
     (["--method", "saliency", "--perturbations-per-eval", "8"], "--perturbations-per-eval", ""),
-    (["--pretrained", "openai"], "--pretrained", "shapes-rn brings its own weights"),
+    (
+        ["--model", "shapes-rn", "--pretrained", "openai"],
+        "--pretrained",
+        "shapes-rn brings its own weights",
+    ),
     (["--model", "RN50", "--pretrained", "{tmp}/missing.pt"], "--pretrained", "no such"),
     (["--model", "RN50", "--pretrained", "nosuchtag"], "--pretrained", "its tags: openai"),
     (["--model", "RN5O"], "--model", "unknown model 'RN5O'"),
@@ -277,6 +281,7 @@ def test_a_photo_damaged_past_its_header_is_named(tmp_path, capsys, scene_png):
     data = scene_png[0].read_bytes()
     (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
     argv = ["explain", str(tmp_path / "cut.png"), "--prompt", "x", "--out", str(tmp_path / "o")]
+    argv += ["--model", "shapes-rn"]
     assert main(argv) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
     assert last.startswith("gscorecam explain: error: image: cannot read")
@@ -301,6 +306,7 @@ def test_a_decompression_bomb_is_refused(tmp_path, capsys, no_model, monkeypatch
 
 def test_layer_unknown_on_the_model_lists_close_names(tmp_path, capsys, scene_png):
     argv = ["explain", str(scene_png[0]), "--prompt", "x", "--layer", "visual.layr3"]
+    argv += ["--model", "shapes-rn"]
     assert main([*argv, "--out", str(tmp_path)]) == 2
     err = one_line_error(capsys)
     assert "argument --layer" in err
@@ -485,3 +491,63 @@ def test_the_held_out_seed_is_the_training_one():
     from captum_gscorecam.shapes.train import HELD_OUT_SEED
 
     assert FIRST_HELD_OUT_SEED == HELD_OUT_SEED
+
+
+# The default model of explain and app: a real CLIP
+
+
+@pytest.mark.parametrize("command", [["explain", "{png}", "--prompt", "x"], ["app"]])
+def test_the_default_model_is_openai_rn50_and_offline_it_says_what_to_do(
+    capsys, monkeypatch, scene_png, command
+):
+    asked = []
+
+    def offline(*args: object) -> None:
+        asked.append(args)
+        raise ValueError(
+            "pretrained: the weights of RN50 (openai) are not in the local cache and the "
+            "Hugging Face Hub cannot be reached (offline); fetch them once online"
+        )
+
+    monkeypatch.setattr(loading, "load_model", offline)
+    argv = [a.format(png=scene_png[0]) for a in command]
+    assert main([*argv, "--device", "cpu"]) == 2
+    assert asked == [("RN50", "openai", "cpu")]
+    err = one_line_error(capsys, argv[0])
+    assert "argument --model: the default model, RN50 with --pretrained openai, did not load" in err
+    assert "cannot be reached (offline)" in err
+    assert err.rstrip().endswith("--model shapes-rn")
+    # a model given by name keeps the error of its own option
+    assert main([*argv, "--device", "cpu", "--model", "RN50", "--pretrained", "openai"]) == 2
+    assert one_line_error(capsys, argv[0]).startswith(
+        f"gscorecam {argv[0]}: error: argument --pretrained: the weights of RN50 (openai)"
+    )
+
+
+def test_the_default_model_offline_without_a_stub(tmp_path, capsys, monkeypatch, scene_png):
+    """No stub: open_clip's own download of the default weights, the Hub unreachable."""
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on port 9
+    for name in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "cache"))
+    argv = ["explain", str(scene_png[0]), "--prompt", "x", "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = one_line_error(capsys)
+    assert "argument --model: the default model, RN50 with --pretrained openai" in err
+    assert "--model shapes-rn" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_version_and_help_say_what_each_command_is(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"gscorecam {captum_gscorecam.__version__}\n"
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Compare explainers on a localization benchmark" in text
+    with pytest.raises(SystemExit):
+        main(["explain", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: RN50 with --pretrained openai: OpenAI's CLIP ResNet-50" in text

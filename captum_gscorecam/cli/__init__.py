@@ -14,6 +14,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from captum_gscorecam import __version__
 from captum_gscorecam.cli import app, demo, evaluate, explain
 from captum_gscorecam.cli.options import Parser, UsageError
 
@@ -23,6 +24,7 @@ __all__ = ["main", "parser"]
 def parser() -> argparse.ArgumentParser:
     """The ``gscorecam`` argument parser."""
     root = Parser(prog="gscorecam", description="What is CLIP looking at?")
+    root.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subcommands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in (demo, explain, app, evaluate):
         command.add_parser(subcommands)

@@ -9,6 +9,8 @@ import argparse
 from captum_gscorecam.cli.options import (
     UsageError,
     add_model_options,
+    chosen_model,
+    load_chosen_model,
     port_arg,
     usage_errors,
     wrapped,
@@ -28,7 +30,7 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
             "analytics are off."
         ),
     )
-    add_model_options(a)
+    add_model_options(a, photos=True)
     a.add_argument(
         "--host", default="127.0.0.1", help="address to serve on; 0.0.0.0 serves other machines"
     )
@@ -39,15 +41,18 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> None:
     """Build the page and serve it until interrupted."""
     from captum_gscorecam.app import build_app, import_gradio
-    from captum_gscorecam.loading import resolve_device
+    from captum_gscorecam.loading import check_model, resolve_device
 
     try:
         import_gradio()  # before the model loads: a missing extra is said at once
     except ImportError as error:
         raise UsageError(str(error)) from None
+    model, pretrained = chosen_model(args)
     with usage_errors():
+        check_model(model, pretrained)
         device = resolve_device(args.device)
-        page = build_app(args.model, args.pretrained, device)
+        loaded = load_chosen_model(args, device)
+        page = build_app(model, pretrained, device, loaded=loaded)
     try:
         page.launch(
             server_name=args.host, server_port=args.port, prevent_thread_lock=True, quiet=True
@@ -57,5 +62,5 @@ def run(args: argparse.Namespace) -> None:
             f"argument --port: cannot serve on {args.host}:{args.port} "
             f"({str(error).splitlines()[0]}); pick another port"
         ) from None
-    print(f"serving {args.model} on http://{args.host}:{args.port} (Ctrl+C to stop)", flush=True)
+    print(f"serving {model} on http://{args.host}:{args.port} (Ctrl+C to stop)", flush=True)
     page.block_thread()

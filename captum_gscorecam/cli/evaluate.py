@@ -24,6 +24,7 @@ from captum_gscorecam.cli.options import (
     non_negative_arg,
     template_arg,
     usage_errors,
+    wrapped,
 )
 
 if TYPE_CHECKING:
@@ -43,6 +44,14 @@ def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentPars
     p = subcommands.add_parser(
         "evaluate",
         help="compare explainers on a localization benchmark",
+        description=wrapped(
+            "Compare explainers on a localization benchmark: held-out shapes scenes (offline, "
+            "the bundled models know them) or a COCO instances dataset, a prompt per object. "
+            "Scores each map by the pointing game, box accuracy and MaxBoxAccV2 (and deletion / "
+            "insertion with --faithfulness); writes run.json, results.jsonl (one line per image, "
+            "so an interrupted run resumes where it stopped), results.json, results.md and "
+            "results.png into --out. Runs sharded under torchrun."
+        ),
     )
     p.add_argument(
         "--dataset",

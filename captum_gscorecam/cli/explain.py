@@ -13,9 +13,11 @@ from captum_gscorecam.cli.options import (
     add_model_options,
     add_precision_option,
     add_topk_option,
+    chosen_model,
     figure_arg,
     folder_arg,
     layer_arg,
+    load_chosen_model,
     perturbations_arg,
     prompt_arg,
     template_arg,
@@ -84,7 +86,7 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
         help="the explainer, one of the methods below",
     )
     add_topk_option(e)
-    add_model_options(e)
+    add_model_options(e, photos=True)
     e.add_argument(
         "--layer",
         type=layer_arg,
@@ -115,7 +117,7 @@ def run(args: argparse.Namespace) -> None:
     Everything is checked before the model loads.
     """
     from captum_gscorecam.images import check_image, expand_images
-    from captum_gscorecam.loading import check_model, find_layer, load_model, resolve_device
+    from captum_gscorecam.loading import check_model, find_layer, resolve_device
     from captum_gscorecam.methods import check_method
 
     with usage_errors():
@@ -126,9 +128,9 @@ def run(args: argparse.Namespace) -> None:
     _check_method_options(args)
     texts = [args.template.format(prompt) for prompt in args.prompt]
     with usage_errors():
-        check_model(args.model, args.pretrained)
+        check_model(*chosen_model(args))
         device = resolve_device(args.device)
-        model, preprocess, tokenizer = load_model(args.model, args.pretrained, device)
+        model, preprocess, tokenizer = load_chosen_model(args, device)
     try:
         check_method(model, args.method)
     except ValueError as error:
@@ -206,7 +208,7 @@ def _explain_photos(
     table = _score_table(rows, args.prompt)
     (folder / "scores.md").write_text(table + "\n")
     (folder / "scores.csv").write_text(_score_csv(rows, args.prompt))
-    print(f"CLIP scores (logit_scale * cos), {args.model}, {SPECS[args.method].label}:")
+    print(f"CLIP scores (logit_scale * cos), {chosen_model(args)[0]}, {SPECS[args.method].label}:")
     print(table)
     print(f"{len(paths)} image(s) x {len(texts)} prompt(s) in {elapsed:.1f} s")
     named = figures[0] if len(figures) == 1 else f"{len(figures)} figures in {folder}"

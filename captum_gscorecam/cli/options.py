@@ -28,6 +28,7 @@ from captum_gscorecam.checks import (
 from captum_gscorecam.registry import SPECS
 
 __all__ = [
+    "DEFAULT_MODEL",
     "FIRST_HELD_OUT_SEED",
     "HelpFormatter",
     "Parser",
@@ -35,12 +36,14 @@ __all__ = [
     "add_model_options",
     "add_precision_option",
     "add_topk_option",
+    "chosen_model",
     "count_arg",
     "device_arg",
     "figure_arg",
     "figure_formats",
     "folder_arg",
     "layer_arg",
+    "load_chosen_model",
     "non_negative_arg",
     "perturbations_arg",
     "port_arg",
@@ -54,6 +57,8 @@ __all__ = [
 # The bundled shapes models were trained on scene seeds below this one (shapes.train's
 # HELD_OUT_SEED, which imports torch).
 FIRST_HELD_OUT_SEED = 10_000_000
+# The model of ``explain`` and ``app`` when --model is not given: (name, pretrained tag).
+DEFAULT_MODEL = ("RN50", "openai")
 DEVICE_HELP = "auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps"
 TOPK_DEFAULT_HELP = (
     "per tower: 10%% of the channels of a convolutional layer, 50%% of a ViT layer's"
@@ -226,18 +231,60 @@ def _check_parent(path: Path, text: str) -> None:
 # ---------------------------------------------------------------- option groups
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """``--model``, ``--pretrained`` and ``--device``: the model a command loads, and where."""
+def add_model_options(parser: argparse.ArgumentParser, photos: bool = False) -> None:
+    """``--model``, ``--pretrained`` and ``--device``: the model a command loads, and where.
+
+    With ``photos`` (``explain``, ``app``) the default model is ``DEFAULT_MODEL``, a real
+    CLIP (read it with :func:`chosen_model`); else the bundled ``shapes-rn``.
+    """
+    name, tag = DEFAULT_MODEL
+    default = (
+        f"default: {name} with --pretrained {tag}: OpenAI's CLIP ResNet-50, of the CNN towers "
+        "gScoreCAM's paper explains (its default k is meant for them) and the cheapest of "
+        "them; its weights download once (about 100 MB); offline, --model shapes-rn is the "
+        "bundled model, which knows only coloured shapes"
+    )
     parser.add_argument(
-        "--model", default="shapes-rn", help="shapes-rn, shapes-vit, an open_clip name, hf:REPO"
+        "--model",
+        default=None if photos else "shapes-rn",
+        help="shapes-rn, shapes-vit, an open_clip name, hf:REPO" + (f" ({default})" * photos),
     )
     parser.add_argument(
         "--pretrained",
         default=None,
-        help="open_clip tag (openai) or checkpoint file (default: none; an open_clip name "
-        "alone has random weights; not for shapes-* and hf:)",
+        help="open_clip tag (openai) or checkpoint file (default: "
+        + (f"{tag} for the default model, else " * photos)
+        + "none: an open_clip name given alone has random weights; not for shapes-* and hf:)",
     )
     add_device_option(parser)
+
+
+def chosen_model(args: argparse.Namespace) -> tuple[str, str | None]:
+    """``(model, pretrained)`` as :func:`add_model_options` parsed them, defaults filled in."""
+    if args.model is None:
+        return DEFAULT_MODEL[0], args.pretrained or DEFAULT_MODEL[1]
+    return args.model, args.pretrained
+
+
+def load_chosen_model(args: argparse.Namespace, device: str) -> tuple[Any, Any, Any]:
+    """``loading.load_model`` of :func:`chosen_model` (call it inside :func:`usage_errors`).
+
+    The default model that cannot load (offline, its weights not cached) is a usage error that
+    says it is the default and how to try the bundled model instead.
+    """
+    from captum_gscorecam.loading import load_model
+
+    name, pretrained = chosen_model(args)
+    try:
+        return load_model(name, pretrained, device)
+    except ValueError as error:
+        if args.model is not None:
+            raise
+        reason = str(error).partition(": ")[2] or str(error)
+        raise UsageError(
+            f"argument --model: the default model, {name} with --pretrained {pretrained}, did "
+            f"not load: {reason}; to try the bundled model instead: --model shapes-rn"
+        ) from None
 
 
 def add_device_option(parser: argparse.ArgumentParser) -> None:
