@@ -8,7 +8,12 @@ Side by side in one process (timings) and one fresh process per case (peak memor
 - the floor: k (or C) forward passes of the image tower in batches of perturbations_per_eval;
 - the precision table: gScoreCAM and ScoreCAM end to end with float32 masked passes against a
   bfloat16 (or float16) copy of the image tower, side by side in one process, and the cost of
-  making the copy.
+  making the copy;
+- the attention table (ViT towers): HilaCAM, LeGrad, Grad-ECLIP and attention rollout, their
+  forward passes and gradient calls per call as counted, and CPU seconds per image-prompt.
+
+    python benchmarks/speed.py --models ViT-B-32 --tables attention \
+        --out benchmarks/results/speed-attention-cpu.md
 
     python benchmarks/speed.py --out benchmarks/results/speed-cpu.md
 
@@ -27,7 +32,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import date
 
 import open_clip
@@ -37,9 +43,24 @@ from captum.attr import LayerGradCam
 from report import emit, layer_channels
 from torch import Tensor, nn
 
-from captum_gscorecam import CLIPSimilarity, GScoreCAM, ScoreCAM, default_layer
+from captum_gscorecam import (
+    AttentionRollout,
+    CLIPSimilarity,
+    GradECLIP,
+    GScoreCAM,
+    HilaCAM,
+    LeGrad,
+    ScoreCAM,
+    default_layer,
+)
 
 CASES = ("floor_k", "floor_all", "gradcam", "gscorecam", "scorecam", "pgc_scorecam")
+ATTENTION = {
+    "HilaCAM": HilaCAM,
+    "LeGrad": LeGrad,
+    "Grad-ECLIP": GradECLIP,
+    "Attention rollout": AttentionRollout,
+}
 PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -346,6 +367,82 @@ def precision_table(args: argparse.Namespace, name: str) -> list[str]:
     ]
 
 
+@contextmanager
+def counted_passes(model: nn.Module) -> Iterator[dict[str, int]]:
+    """Counts, inside the context, the image tower's forward passes and the gradient calls
+    (``torch.autograd.grad``, each one backward through part of the graph)."""
+    counts = {"forward": 0, "grad": 0}
+    handle = model.visual.register_forward_hook(
+        lambda *_: counts.__setitem__("forward", counts["forward"] + 1)
+    )
+    original = torch.autograd.grad
+
+    def grad(*args: object, **kwargs: object) -> object:
+        counts["grad"] += 1
+        return original(*args, **kwargs)
+
+    torch.autograd.grad = grad
+    try:
+        yield counts
+    finally:
+        torch.autograd.grad = original
+        handle.remove()
+
+
+def attention_table(args: argparse.Namespace, name: str) -> list[str]:
+    """The attention methods on one image with 1 and T prompts: passes and CPU seconds.
+
+    CPU time of the process (one thread: a busy machine does not inflate it), median of
+    ``--repeats`` after a warm-up; the counts come from one more, untimed call.
+    """
+    setup = Setup(name, args.size, args.device, args.ppe, prompts=max(args.prompts))
+    blocks = len(setup.model.visual.transformer.resblocks)
+    prompts = sorted({1, max(args.prompts)})
+    rows = [
+        f"### {name}: attention methods ({args.size} px, 1 image, {blocks} blocks, every block "
+        "used)",
+        "",
+        "| method | prompts T | tower forwards | gradient calls | CPU s per call | "
+        "CPU s per image-prompt |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for label, cls in ATTENTION.items():
+        explainer = cls(setup.model)
+        for t in prompts:
+            target = setup.texts[:t][None]
+
+            def call(explainer: object = explainer, target: Tensor = target) -> None:
+                explainer.attribute(setup.image, target=target)
+
+            cpu = timed_cpu(call, args.repeats)
+            with counted_passes(setup.model) as counts:
+                call()
+            print(f"  {name} {label} T={t}: {cpu:.3f} s CPU", file=sys.stderr)
+            rows.append(
+                f"| {label} | {t} | {counts['forward']} | {counts['grad']} | {cpu:.3f} | "
+                f"{cpu / t:.3f} |"
+            )
+    rows += [
+        "",
+        "- a gradient call is one `torch.autograd.grad`: HilaCAM's runs back through every "
+        "block, LeGrad's (one per block and prompt) through one block and the head, "
+        "Grad-ECLIP's through the last attention and the head; rollout has none",
+        "",
+    ]
+    return rows
+
+
+def timed_cpu(fn: Callable[[], None], repeats: int) -> float:
+    """Median CPU time of the process over ``repeats`` runs, after one warm-up run."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.process_time()
+        fn()
+        times.append(time.process_time() - start)
+    return statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="RN50,ViT-B-32")
@@ -356,7 +453,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--sweep", type=int, nargs="+", default=[8, 32, 64, 128])
     parser.add_argument("--skip-peers", action="store_true", help="no pytorch-grad-cam")
-    parser.add_argument("--tables", default="methods,prompts,sweep,precision")
+    parser.add_argument("--tables", default="methods,prompts,sweep,precision",
+                        help="of methods, prompts, sweep, precision, attention (ViTs)")  # fmt: skip
     parser.add_argument("--precision", default="bf16", choices=["bf16", "fp16"],
                         help="the reduced precision of the precision table")  # fmt: skip
     parser.add_argument("--out", default=None)
@@ -371,6 +469,7 @@ def main() -> None:
         "prompts": prompts_table,
         "sweep": sweep_table,
         "precision": precision_table,
+        "attention": attention_table,
     }
     lines = [
         f"Measured {date.today()} on {platform.machine()}, {os.cpu_count()} CPU cores, "

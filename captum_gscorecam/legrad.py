@@ -131,13 +131,14 @@ class LeGrad(GradientAttribution):
                 ):
                     scores = scorer(x.detach().requires_grad_(True), index)
                 _check_pass(tokens, records, used, pooled, scores)
+                # one graph per layer: a layer's gradient then runs back through its block only
+                layer_scores = []
                 with recorded_attention([parts.pool_attention] if pooled else ()) as pools:
-                    embeddings = torch.cat([parts.readout(z) for z in tokens])
+                    for z in tokens:
+                        embeddings = F.normalize(parts.readout(z).float(), dim=-1)
+                        with _scoring_embeddings(forward_func, embeddings):
+                            layer_scores.append(scorer(x, index))
                 attention = [r.attention for r in (pools if pooled else records)]
-                embeddings = F.normalize(embeddings.float(), dim=-1)
-                layers = index.repeat(len(used))
-                with _scoring_embeddings(forward_func, embeddings):
-                    layer_scores = scorer(x[layers], layers).reshape(len(used), n, -1)
                 relevance = _layer_relevance(layer_scores, attention).detach()
             if not bool(relevance.isfinite().all()):
                 raise ValueError("forward_func: the attention gradient is NaN or infinite")
@@ -164,13 +165,15 @@ def _check_pass(
         raise ValueError("forward_func: the score of an input image is NaN or infinite")
 
 
-def _layer_relevance(layer_scores: Tensor, attention: list[Tensor]) -> Tensor:
-    """``sum_l mean_{h, q} relu(d s_l / d A_l)`` ``(N, T, S)`` from layer scores ``(B, N, T)``."""
-    n, n_prompts = layer_scores.shape[1:]
-    relevance = layer_scores.new_zeros(n, n_prompts, attention[0].shape[-1])
-    for layer, maps in enumerate(attention):
+def _layer_relevance(layer_scores: list[Tensor], attention: list[Tensor]) -> Tensor:
+    """``sum_l mean_{h, q} relu(d s_l / d A_l)`` ``(N, T, S)`` from each layer's scores
+    ``(N, T)`` and attention ``(N, H, Q, S)``.
+    """
+    n, n_prompts = layer_scores[0].shape
+    relevance = layer_scores[0].new_zeros(n, n_prompts, attention[0].shape[-1])
+    for scores, maps in zip(layer_scores, attention, strict=True):
         for t in range(n_prompts):
-            (grad,) = torch.autograd.grad(layer_scores[layer, :, t].sum(), maps, retain_graph=True)
+            (grad,) = torch.autograd.grad(scores[:, t].sum(), maps, retain_graph=True)
             relevance[:, t] += grad.clamp(min=0).mean(dim=(1, 2)).float()
     return relevance
 
@@ -188,8 +191,8 @@ def min_max(maps: Tensor) -> Tensor:
 def _scoring_embeddings(
     forward_func: CLIPSimilarity | ZeroShotClassifier, embeddings: Tensor
 ) -> Iterator[None]:
-    """Inside, ``forward_func`` scores ``embeddings`` ``(B, E)`` in place of the image
-    embeddings of the ``B`` images it is given, so every target form scores them as it scores
+    """Inside, ``forward_func`` scores ``embeddings`` ``(N, E)`` in place of the image
+    embeddings of the N images it is given, so every target form scores them as it scores
     images (text embeddings, Captum's index into the similarities or a classifier's prompts).
     """
     similarity = (

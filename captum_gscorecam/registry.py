@@ -128,6 +128,29 @@ _SPECS = (
         demo=True,
     ),
     MethodSpec(
+        "legrad",
+        "LeGrad",
+        "every block's score gradient on its own attention (Bousselham et al.); ViT towers",
+        "captum_gscorecam:LeGrad",
+        towers=frozenset({"vit"}),
+    ),
+    MethodSpec(
+        "grad_eclip",
+        "Grad-ECLIP",
+        "the last attention's values weighted by the score gradient and loosened query-key "
+        "cosines (Zhao et al.); ViTs with a class token or attention pooling",
+        "captum_gscorecam:GradECLIP",
+        towers=frozenset({"vit"}),
+    ),
+    MethodSpec(
+        "rollout",
+        "Attention rollout",
+        "the blocks' attention multiplied through, the residual as identity (Abnar and "
+        "Zuidema); ViT towers; the same map for every prompt",
+        "captum_gscorecam:AttentionRollout",
+        towers=frozenset({"vit"}),
+    ),
+    MethodSpec(
         "occlusion",
         "Occlusion",
         "Captum's Occlusion: the score drop when a window takes the mean colour",

@@ -6,19 +6,26 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import pytest
 import torch
 from conftest import images_for, texts, tiny_rn, tiny_vit
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 from test_towers import TOWERS, WIDTH, hf_clip, timm_vit
 from torch import nn
 
 from captum_gscorecam import CLIPSimilarity, ZeroShotClassifier
 from captum_gscorecam.attention import recorded_attention
+from captum_gscorecam.cli import main
+from captum_gscorecam.evaluation.quantus import explain_func
 from captum_gscorecam.grad_eclip import GradECLIP
 from captum_gscorecam.legrad import LeGrad
+from captum_gscorecam.methods import applicable_methods, check_method, explain_maps
 from captum_gscorecam.rollout import AttentionRollout
+from captum_gscorecam.shapes import render_scene
+from captum_gscorecam.visualization import upsample
 
 METHODS = {"legrad": LeGrad, "grad_eclip": GradECLIP, "rollout": AttentionRollout}
 # towers a method refuses, and the message that says why
@@ -248,3 +255,61 @@ def test_timm_explicit_attention_equals_the_fused_forward(pool):
             record.attention.sum(-1), torch.ones(record.attention.shape[:-1])
         )
     assert all("forward" not in m.__dict__ for m in modules)
+
+
+# --- Everywhere the other methods are: the registry, explain_maps, Quantus, the command line --
+
+KEYS = METHODS  # the registry's keys
+
+
+@pytest.mark.parametrize("key", list(KEYS))
+def test_the_registry_entry_gives_the_class_maps(vit, key):
+    images, text = images_for(vit, 2, seed=12), texts(2, 3, seed=13)
+    expected = KEYS[key](vit).attribute(images, target=text)
+    torch.testing.assert_close(explain_maps(vit, images, text, key, topk=None), expected)
+    assert key in applicable_methods(vit)
+    assert key not in applicable_methods(tiny_rn())
+    with pytest.raises(ValueError, match=f"method: {key} cannot explain this model"):
+        check_method(tiny_rn(), key)
+
+
+@pytest.mark.parametrize("key", list(KEYS))
+def test_the_quantus_adapter_explains_with_it(vit, key):
+    x = images_for(vit, 2, seed=14)
+    prompts = texts(1, 3, seed=15)[0]
+    got = explain_func(ZeroShotClassifier(vit, prompts), x.numpy(), np.array([2, 0]), key)
+    expected = upsample(KEYS[key](vit).attribute(x, target=prompts[[2, 0]][:, None]), (32, 32))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("key", list(KEYS))
+def test_gscorecam_explain_runs_it_on_the_shapes_vit(tmp_path, capsys, key):
+    scene = render_scene(10_000_321, n_objects=2)
+    photo = tmp_path / "scene.png"
+    Image.fromarray(scene.image).save(photo)
+    out = tmp_path / "out.png"
+    argv = ["explain", str(photo), "--model", "shapes-vit", "--method", key, "--out", str(out)]
+    assert main([*argv, "--prompt", scene.captions[0], "--save-maps", str(tmp_path / "maps")]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    saved = np.load(tmp_path / "maps" / "scene.npy")
+    assert saved.shape == (1, *scene.image.shape[:2])
+    assert np.nanmax(saved) > 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["explain", "--help"])
+    assert key in capsys.readouterr().out
+
+
+def test_the_apps_method_menu_offers_them_on_a_vit_only():
+    gr = pytest.importorskip("gradio")
+    from captum_gscorecam.app import build_app
+
+    def menu(model: str) -> list[str]:
+        page = build_app(model)
+        (dropdown,) = (
+            b for b in page.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "Method"
+        )
+        return [key for _, key in dropdown.choices]
+
+    assert set(KEYS) <= set(menu("shapes-vit"))
+    assert not set(KEYS) & set(menu("shapes-rn"))

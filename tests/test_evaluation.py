@@ -262,12 +262,14 @@ def test_hilacam_runs_through_explain_maps(model):
     torch.testing.assert_close(maps, HilaCAM(model).attribute(images, target=text))
 
 
-def test_applicable_methods_leave_hilacam_to_vits(model):
+def test_applicable_methods_leave_the_attention_methods_to_vits(model):
     assert applicable_methods(model) == list(METHODS)
     rn = tiny_rn()
-    assert applicable_methods(rn) == [m for m in METHODS if m != "hilacam"]
-    with pytest.raises(ValueError, match="method: hilacam cannot explain"):
-        check_method(rn, "hilacam")
+    vit_only = ("hilacam", "legrad", "grad_eclip", "rollout")
+    assert applicable_methods(rn) == [m for m in METHODS if m not in vit_only]
+    for method in vit_only:
+        with pytest.raises(ValueError, match=f"method: {method} cannot explain"):
+            check_method(rn, method)
     with pytest.raises(ValueError, match="method: hilacam cannot explain"):
         explain_maps(rn, images_for(rn, 1), texts(1, 1), "hilacam", topk=0.1)
 

@@ -49,7 +49,8 @@ def test_what_each_method_uses():
         "integrated_gradients",
         "saliency",
     ]
-    assert [k for k, s in SPECS.items() if s.towers == {"vit"}] == ["hilacam"]
+    vit_only = ["hilacam", "legrad", "grad_eclip", "rollout"]
+    assert [k for k, s in SPECS.items() if s.towers == {"vit"}] == vit_only
     demo = ["gscorecam", "scorecam", "gradcam", "hilacam"]
     assert [k for k, s in SPECS.items() if s.demo] == demo
 
