@@ -31,7 +31,7 @@ from PIL import Image, UnidentifiedImageError
 
 from captum_gscorecam.shapes.coco import ANNOTATIONS, IMAGES
 
-__all__ = ["CocoImage", "coco_files", "read_coco", "rle_decode"]
+__all__ = ["CocoImage", "coco_categories", "coco_files", "read_coco", "rle_decode"]
 
 # COCO's own layout: annotations/instances_val2017.json beside the image folder val2017/.
 VAL2017 = Path("annotations") / "instances_val2017.json"
@@ -162,6 +162,14 @@ def read_coco(
             f"{sum(map(len, skipped.values()))} skipped)"
         )
     return found
+
+
+def coco_categories(annotations: str | Path) -> dict[str, str]:
+    """Category id (as text) -> name of a COCO instances file, in file order, checked as
+    :func:`read_coco` checks them.
+    """
+    path = Path(annotations)
+    return _categories(_load(path)["categories"], _Fault(path))
 
 
 class _Fault:

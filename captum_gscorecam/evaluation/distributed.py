@@ -1,4 +1,6 @@
-"""torchrun's process group for ``evaluate``: this rank and the world, joining, the shared lock."""
+"""torchrun's process group for ``evaluate`` and dataset ``explain``: this rank and the world,
+joining, the shared lock.
+"""
 
 from __future__ import annotations
 
@@ -39,15 +41,15 @@ def init_distributed(device: str) -> str:
 
 
 @contextmanager
-def run_lock(out_dir: Path, rank: int, world: int) -> Iterator[None]:
-    """The folder's lock (:func:`~captum_gscorecam.evaluation.store.locked`), held by rank 0
-    for the block; every rank raises the same ValueError if another run holds it.
+def run_lock(out_dir: Path, rank: int, world: int, command: str = "evaluate") -> Iterator[None]:
+    """The folder's lock (:func:`~captum_gscorecam.evaluation.store.locked`, ``<command>.lock``),
+    held by rank 0 for the block; every rank raises the same ValueError if another run holds it.
     """
     with ExitStack() as stack:
         error = None
         if rank == 0:
             try:
-                stack.enter_context(locked(out_dir))
+                stack.enter_context(locked(out_dir, command))
             except ValueError as refused:
                 error = str(refused)
         if world > 1:

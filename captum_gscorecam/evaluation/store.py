@@ -32,6 +32,7 @@ __all__ = [
     "LOCK_FILE",
     "RUN_FILE",
     "Records",
+    "append_line",
     "append_record",
     "check_resumable",
     "locked",
@@ -132,6 +133,13 @@ def append_record(
 ) -> None:
     """Append one image's line, after a newline if a crash left the last line unfinished."""
     record = {"settings": settings_digest(config), "image_id": image_id, "rows": list(rows)}
+    append_line(path, record)
+
+
+def append_line(path: Path, record: Mapping[str, object]) -> None:
+    """Append ``record`` as one JSON line, after a newline if a crash left the last line
+    unfinished; an OutputError naming ``path`` if it cannot be written.
+    """
     try:
         with path.open("a+b") as file:
             if file.seek(0, os.SEEK_END):
@@ -203,13 +211,13 @@ def _number(value: object) -> bool:
 
 
 @contextmanager
-def locked(out_dir: str | Path) -> Iterator[None]:
-    """Hold ``out_dir/evaluate.lock`` for the block; raise a ValueError if a run holds it.
+def locked(out_dir: str | Path, command: str = "evaluate") -> Iterator[None]:
+    """Hold ``out_dir/<command>.lock`` for the block; raise a ValueError if a run holds it.
 
     The lock file names its holder (pid and host) for the message; the kernel releases the lock
     when the holder exits, however it exits.
     """
-    path = Path(out_dir) / LOCK_FILE
+    path = Path(out_dir) / f"{command}.lock"
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -221,7 +229,7 @@ def locked(out_dir: str | Path) -> Iterator[None]:
             holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise ValueError(
-                f"out: {out_dir} is in use by another evaluate run ({holder}); "
+                f"out: {out_dir} is in use by another {command} run ({holder}); "
                 "wait for it to finish or choose another output folder"
             ) from None
         if _same_file(fd, path):  # not unlinked by a holder that finished meanwhile
