@@ -1,5 +1,5 @@
-"""Figures and photo geometry: attribution maps placed on the photo they explain, overlays,
-and grids drawn with ``captum.attr.visualization``.
+"""Figures and photo geometry: attribution maps placed on the photo they explain, one overlay
+style (:func:`overlay`) for every figure, and the figures of the command line and the app.
 
 This is where tensors leave the device and become numpy arrays.
 """
@@ -12,11 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import matplotlib
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from captum.attr import LayerAttribution
-from captum.attr import visualization as viz
 from matplotlib.figure import Figure
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
@@ -27,6 +25,7 @@ __all__ = [
     "captum_map",
     "no_crop",
     "overlay",
+    "photo_figure",
     "show_maps",
     "to_image",
     "to_photo",
@@ -64,14 +63,27 @@ def show_maps(
     col_labels: Sequence[str],
     panel_size: float = 2.2,
 ) -> Figure:
-    """One row per (image, prompt): the image, then one blended heat map per method.
+    """One row per (image, prompt): the image, then the :func:`overlay` of each method's map.
 
-    ``images[r]`` is ``(H, W, 3)`` in [0, 1]; ``maps[r][m]`` is ``(H, W)``.
+    The overlays are those of :func:`photo_figure` and the web app (each map scaled from its
+    minimum to its maximum, ``jet``, half opacity); a map with no positive value is marked
+    "no positive evidence".
+
+    Args:
+
+        images (sequence of np.ndarray): One image ``(H, W, 3)`` in [0, 1] per row.
+        maps (sequence of sequence of np.ndarray): Per row, one map ``(H, W)`` per column.
+        row_labels (sequence of str): One label per row (the prompt), beside the image.
+        col_labels (sequence of str): One title per map column (the method).
+        panel_size (float, optional): The side of one panel, in inches.
+                    Default: 2.2
+
+    Returns:
+        *Figure*: rows x (1 + columns) panels.
     """
     rows, cols = len(images), 1 + len(col_labels)
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(panel_size * cols, panel_size * rows), squeeze=False
-    )
+    fig = Figure(figsize=(panel_size * cols, panel_size * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for r, (image, row_maps) in enumerate(zip(images, maps, strict=True)):
         axes[r, 0].imshow(image)
         axes[r, 0].set_ylabel(row_labels[r], fontsize=9)
@@ -79,22 +91,56 @@ def show_maps(
         axes[r, 0].set_yticks([])
         for m, saliency in enumerate(row_maps, start=1):
             axes[r, m].axis("off")
-            if not saliency.max() > 0:  # captum cannot scale a map with no positive part
-                axes[r, m].imshow(image)
+            axes[r, m].imshow(overlay(image, saliency))
+            if not np.nanmax(saliency) > 0:
                 axes[r, m].text(2, 12, "no positive evidence", color="white", fontsize=7)
-                continue
-            viz.visualize_image_attr(
-                saliency[..., None],
-                image,
-                method="blended_heat_map",
-                sign="positive",
-                plt_fig_axis=(fig, axes[r, m]),
-                use_pyplot=False,
-                cmap="jet",
-                alpha_overlay=0.5,
-            )
     for c, label in enumerate(["image", *col_labels]):
         axes[0, c].set_title(label, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def photo_figure(
+    photo: np.ndarray | Image.Image,
+    maps: Sequence[np.ndarray],
+    prompts: Sequence[str],
+    scores: Sequence[float],
+    method: str,
+    panel_width: float = 5.0,
+) -> Figure:
+    """One row per prompt: the :func:`overlay` of its map over the whole photo, titled with the
+    method, the prompt and its CLIP score (what ``gscorecam explain`` writes per photo).
+
+    Args:
+
+        photo (np.ndarray or PIL.Image.Image): The photo, ``(H, W, 3)`` uint8 or float in
+                    [0, 1], or a PIL image.
+        maps (sequence of np.ndarray): One map ``(H, W)`` per prompt at the photo's size
+                    (:class:`PhotoMaps` or :func:`to_photo`; NaN where the crop cut).
+        prompts (sequence of str): The prompts, one per map.
+        scores (sequence of float): ``logit_scale * cos(image, prompt)``, one per prompt.
+        method (str): The method's label, e.g. "gScoreCAM".
+        panel_width (float, optional): The width of a row, in inches.
+                    Default: 5.0
+
+    Returns:
+        *Figure*: one panel per prompt, stacked.
+
+    Raises:
+        ValueError: ``prompts`` or ``scores`` not one per map, or a map not at the photo's
+            size.
+    """
+    for name, given in (("prompts", prompts), ("scores", scores)):
+        if len(given) != len(maps):
+            raise ValueError(f"{name}: expected one per map ({len(maps)}), got {len(given)}")
+    pixels = _photo_array(photo)
+    height, width = pixels.shape[:2]
+    fig = Figure(figsize=(panel_width, panel_width * height / width * len(prompts) + 0.4))
+    axes = fig.subplots(len(prompts), 1, squeeze=False)
+    for ax, saliency, prompt, score in zip(axes[:, 0], maps, prompts, scores, strict=True):
+        ax.imshow(overlay(pixels, saliency))
+        ax.set_title(f"{method}: {prompt!r}  (score {score:.2f})", fontsize=9)
+        ax.axis("off")
     fig.tight_layout()
     return fig
 

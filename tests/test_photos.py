@@ -26,7 +26,14 @@ from captum_gscorecam import CLIPSimilarity, default_layer, gradcam_layer, grid_
 from captum_gscorecam.loading import hf_preprocess
 from captum_gscorecam.shapes.models import make_preprocess
 from captum_gscorecam.towers import token_blocks
-from captum_gscorecam.visualization import captum_map, no_crop, overlay, to_photo
+from captum_gscorecam.visualization import (
+    captum_map,
+    no_crop,
+    overlay,
+    photo_figure,
+    show_maps,
+    to_photo,
+)
 
 SIZE = 224
 
@@ -349,3 +356,45 @@ def test_gradcam_layer_is_the_block_before_the_last_on_class_token_vits(rn, vit)
     with grid_tap(vit, default_layer(vit)) as tap:
         last = LayerGradCam(CLIPSimilarity(vit), tap).attribute(x, additional_forward_args=(text,))
     assert last.abs().sum() == 0
+
+
+# The figures: one overlay style for the demo, explain and the app
+
+
+def _drawn(ax) -> np.ndarray:
+    (image,) = ax.get_images()
+    return np.asarray(image.get_array())
+
+
+def test_photo_figure_draws_the_overlay_of_each_map_titled_with_its_score():
+    photo = blob_photo(90, 60, 30, 20)
+    maps = to_photo(torch.rand(2, 7, 7), photo.size, clip_preprocess(32))
+    fig = photo_figure(photo, maps, ["a dog", "a cat"], [1.234, -0.5], "gScoreCAM")
+    assert len(fig.axes) == 2
+    for ax, saliency in zip(fig.axes, maps, strict=True):
+        np.testing.assert_array_equal(_drawn(ax), overlay(photo, saliency))
+    assert [ax.get_title() for ax in fig.axes] == [
+        "gScoreCAM: 'a dog'  (score 1.23)",
+        "gScoreCAM: 'a cat'  (score -0.50)",
+    ]
+    with pytest.raises(ValueError, match=r"prompts: expected one per map \(2\), got 1"):
+        photo_figure(photo, maps, ["one prompt"], [1.0, 2.0], "gScoreCAM")
+    with pytest.raises(ValueError, match=r"scores: expected one per map \(2\), got 3"):
+        photo_figure(photo, maps, ["a", "b"], [1.0, 2.0, 3.0], "gScoreCAM")
+
+
+def test_show_maps_draws_the_same_overlays_as_photo_figure():
+    rng = np.random.default_rng(0)
+    images = [rng.random((16, 16, 3)) for _ in range(2)]
+    maps = [[rng.random((16, 16)), np.zeros((16, 16))] for _ in range(2)]
+    fig = show_maps(images, maps, ["a dog", "a cat"], ["gScoreCAM", "LayerGradCam"])
+    axes = np.array(fig.axes).reshape(2, 3)
+    for r in range(2):
+        np.testing.assert_array_equal(_drawn(axes[r, 0]), images[r])
+        for m in range(2):
+            np.testing.assert_array_equal(_drawn(axes[r, m + 1]), overlay(images[r], maps[r][m]))
+        texts_drawn = [text.get_text() for text in axes[r, 2].texts]
+        assert texts_drawn == ["no positive evidence"]  # the zero map says so
+        assert not axes[r, 1].texts
+    assert [ax.get_title() for ax in axes[0]] == ["image", "gScoreCAM", "LayerGradCam"]
+    assert axes[1, 0].get_ylabel() == "a cat"

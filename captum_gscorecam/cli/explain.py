@@ -193,6 +193,7 @@ def _explain_photos(
     from tqdm import tqdm
 
     from captum_gscorecam.clip import encode_text
+    from captum_gscorecam.tables import csv_table, markdown_table
     from captum_gscorecam.visualization import no_crop
 
     if args.no_crop:
@@ -210,9 +211,9 @@ def _explain_photos(
             scores = _explain_photo(args, path, figure, text, model, preprocess, layer)
             rows.append((str(path), scores, time.perf_counter() - began))
     elapsed = time.perf_counter() - start
-    table = _score_table(rows, args.prompt)
+    table = markdown_table(*_score_table(rows, args.prompt, ".2f", ".1f"))
     (folder / "scores.md").write_text(table + "\n")
-    (folder / "scores.csv").write_text(_score_csv(rows, args.prompt))
+    (folder / "scores.csv").write_text(csv_table(*_score_table(rows, args.prompt, ".4f", ".2f")))
     print(f"CLIP scores (logit_scale * cos), {chosen_model(args)[0]}, {SPECS[args.method].label}:")
     print(table)
     print(f"{len(paths)} image(s) x {len(texts)} prompt(s) in {elapsed:.1f} s")
@@ -232,13 +233,11 @@ def _explain_photo(
     layer: Any,
 ) -> list[float]:
     """One photo: its maps placed on it, its figure, its ``.npy``; returns its CLIP scores."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import numpy as np
 
     from captum_gscorecam.explain import explain_photo
     from captum_gscorecam.images import read_image
+    from captum_gscorecam.visualization import photo_figure
 
     try:
         photo = read_image(path)
@@ -257,55 +256,25 @@ def _explain_photo(
         precision=args.precision,
     )
     scores = photo_scores.tolist()
-    fig = _photo_figure(photo, photo_maps, args.prompt, scores, SPECS[args.method].label)
+    fig = photo_figure(photo, photo_maps, args.prompt, scores, SPECS[args.method].label)
     fig.savefig(figure, dpi=100)
     if args.save_maps is not None:
         np.save(args.save_maps / f"{path.stem}.npy", photo_maps)
     return scores
 
 
-def _photo_figure(
-    photo: Any, maps: Any, prompts: Sequence[str], scores: Sequence[float], method: str
-) -> Any:
-    """A row per prompt: the map over the full photo, titled with the prompt and its score."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from captum_gscorecam.visualization import overlay
-
-    width, height = photo.size
-    panel = 5.0
-    fig, axes = plt.subplots(
-        len(prompts), 1, figsize=(panel, panel * height / width * len(prompts) + 0.4),
-        squeeze=False,
-    )  # fmt: skip
-    pixels = np.asarray(photo)
-    for ax, saliency, prompt, score in zip(axes[:, 0], maps, prompts, scores, strict=True):
-        ax.imshow(overlay(pixels, saliency))
-        ax.set_title(f"{method}: {prompt!r}  (score {score:.2f})", fontsize=9)
-        ax.axis("off")
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
-
-
-def _score_table(rows: Sequence[tuple[str, list[float], float]], prompts: Sequence[str]) -> str:
-    """A Markdown table: one row per image, one column per prompt, and the seconds it took."""
-    head = ["image", *prompts, "seconds"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for image, scores, seconds in rows:
-        cells = [image, *(f"{s:.2f}" for s in scores), f"{seconds:.1f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _score_csv(rows: Sequence[tuple[str, list[float], float]], prompts: Sequence[str]) -> str:
-    import csv
-    import io
-
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["image", *prompts, "seconds"])
-    for image, scores, seconds in rows:
-        writer.writerow([image, *(f"{s:.4f}" for s in scores), f"{seconds:.2f}"])
-    return buffer.getvalue()
+def _score_table(
+    rows: Sequence[tuple[str, list[float], float]],
+    prompts: Sequence[str],
+    score_format: str,
+    seconds_format: str,
+) -> tuple[list[str], list[list[str]]]:
+    """The header and cells of the score table: a row per image, a column per prompt (its CLIP
+    score), and the seconds the image took.
+    """
+    header = ["image", *prompts, "seconds"]
+    cells = [
+        [image, *(format(s, score_format) for s in scores), format(seconds, seconds_format)]
+        for image, scores, seconds in rows
+    ]
+    return header, cells

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 
 from captum_gscorecam.outputs import write_figure, write_text
 from captum_gscorecam.registry import SPECS
+from captum_gscorecam.tables import markdown_table
 
 __all__ = ["bucket_label", "markdown", "object_buckets", "summarize", "write_chart", "write_report"]
 
@@ -140,7 +141,7 @@ def markdown(results: Mapping[str, object]) -> str:
         "",
         f"Run: {_describe(config)}.",
         "",
-        _table(
+        markdown_table(
             ["method", *(title for title, _, _ in columns)],
             [
                 [SPECS[m].label, *(_cell(scores[key], fmt) for _, key, fmt in columns)]
@@ -162,7 +163,7 @@ def markdown(results: Mapping[str, object]) -> str:
             "",
             f"### {bucket_label(name)} ({examples} examples)",
             "",
-            _table(
+            markdown_table(
                 ["method", *(title for title, _ in keys)],
                 [
                     [SPECS[m].label, *(_cell(per[m][key], ".3f") for _, key in keys)]
@@ -207,12 +208,6 @@ def _describe(config: Mapping[str, object]) -> str:
     parts += [f"{k}={v}" for k, v in config.items() if k not in ("run", "methods", "metrics")]
     parts += [f"{k}={v}" for k, v in dict(config["metrics"]).items()]
     return ", ".join(parts)
-
-
-def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-    """A Markdown table."""
-    rows = [header, ["---"] * len(header), *body]
-    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
 def _cell(value: object, fmt: str) -> str:
