@@ -4,13 +4,22 @@ The page is built by :func:`build_app`; gradio, torch and the model are imported
 when it is called, never when this module is imported. Bad input is a message in the page (the
 library's ValueError as ``gr.Error``). Gradio's analytics are switched off before it is
 imported: the app phones no one.
+
+The app writes its scenes and maps in one temporary folder, ``gscorecam-app-<pid>-*`` in the
+system's temporary directory, removed by ``page.close()``, when the page is garbage collected
+and when Python exits; folders left by app processes that no longer run (killed) are removed
+when the next page is built.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import shutil
 import tempfile
 import time
+import warnings
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +28,12 @@ if TYPE_CHECKING:
     import numpy as np
 
 __all__ = ["build_app", "import_gradio", "parse_prompts"]
+
+# The app's temporary folders: TEMPORARY_PREFIX + "<pid>-" + a random part.
+TEMPORARY_PREFIX = "gscorecam-app-"
+# The shapes scene seeds the page takes (numpy's generators take any int >= 0; this keeps the
+# scene's file name short).
+MAX_SEED = 2**63 - 1
 
 
 def parse_prompts(text: str) -> list[str]:
@@ -44,7 +59,7 @@ def build_app(
 
     The model is loaded here, once (``loading.load_model``, as the command line loads it), or
     given as ``loaded``: ``load_model(model, pretrained, device)``'s result; a model that cannot
-    be loaded raises its ValueError.
+    be loaded raises its ValueError. ``page.close()`` also removes the page's temporary folder.
     """
     gr = import_gradio()
     from captum_gscorecam.loading import load_model
@@ -89,6 +104,15 @@ def build_app(
             [shown[name] for name in ("overlays", "scores", "status", "download")],
             api_name="explain",
         )
+    close = page.close
+
+    def close_and_clean(verbose: bool = True) -> None:
+        try:
+            close(verbose)
+        finally:
+            explainer.close()
+
+    page.close = close_and_clean
     return page
 
 
@@ -156,7 +180,14 @@ class _Explainer:
     def __init__(self, model: Any, preprocess: Any, tokenizer: Any, device: str) -> None:
         self.model, self.preprocess, self.tokenizer = model, preprocess, tokenizer
         self.device = device
-        self.folder = Path(tempfile.mkdtemp(prefix="gscorecam-app-"))
+        _sweep_temporary_folders()
+        self.folder = Path(tempfile.mkdtemp(prefix=f"{TEMPORARY_PREFIX}{os.getpid()}-"))
+        # at garbage collection and at exit (also after close, should a request recreate it)
+        weakref.finalize(self, shutil.rmtree, str(self.folder), True)
+
+    def close(self) -> None:
+        """Remove the temporary folder (the scenes and maps the page wrote)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     def preview(self, path: str | None) -> np.ndarray | None:
         """The uploaded photo as the model will read it, or the reason it cannot be read."""
@@ -164,23 +195,32 @@ class _Explainer:
             return None
         import numpy as np
 
+        from captum_gscorecam.images import for_display
+
         try:
-            return np.asarray(_read(path))
+            photo = _read(path)
         except ValueError as error:
             raise import_gradio().Error(str(error)) from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # said when the photo is explained
+            return np.asarray(for_display(photo))
 
     def scene(self, seed: float, objects: float) -> tuple[str, str]:
         """A held-out shapes scene written as a PNG, and its captions as the prompts."""
         from PIL import Image
 
+        from captum_gscorecam.outputs import OutputError, atomic_file
         from captum_gscorecam.shapes import render_scene
 
         try:
-            drawn = render_scene(int(seed), int(objects))
-        except (ValueError, TypeError) as error:
+            seed = _whole_number(seed, "seed", 0, MAX_SEED)
+            objects = _whole_number(objects, "objects", 1, 6)
+            drawn = render_scene(seed, objects)
+            path = self.folder / f"scene-{seed}-{objects}.png"
+            with atomic_file(path) as file:
+                Image.fromarray(drawn.image).save(file, format="PNG")
+        except (ValueError, TypeError, OutputError) as error:
             raise import_gradio().Error(str(error)) from None
-        path = self.folder / f"scene-{int(seed)}-{int(objects)}.png"
-        Image.fromarray(drawn.image).save(path)
         return str(path), "\n".join(drawn.captions)
 
     def explain(
@@ -198,14 +238,23 @@ class _Explainer:
         from captum_gscorecam.checks import topk_from_text
         from captum_gscorecam.clip import encode_text
         from captum_gscorecam.explain import explain_photo
+        from captum_gscorecam.images import for_display
+        from captum_gscorecam.outputs import OutputError, write_npy_slices
         from captum_gscorecam.precision import resolve_precision
+        from captum_gscorecam.registry import method_spec
         from captum_gscorecam.visualization import overlay
 
+        gr = import_gradio()
         try:
             if path is None:
                 raise ValueError("photo: upload a photo or pick a shapes scene first")
             prompts = parse_prompts(prompts_text or "")
             topk = topk_from_text(topk_text or "", "k")
+            if topk is not None and not method_spec(method).takes("topk"):
+                raise ValueError(
+                    f"k: {method_spec(method).label} does not use k; it applies to "
+                    f"{_labels('topk')} (leave it empty)"
+                )
             dtype = resolve_precision(precision, self.device)
             photo = _read(path)
             progress(0, desc="explaining")
@@ -223,13 +272,23 @@ class _Explainer:
             )
             seconds = time.perf_counter() - start
         except (ValueError, TypeError) as error:
-            raise import_gradio().Error(str(error)) from None
+            raise gr.Error(str(error)) from None
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            drawn = for_display(photo, Path(path).name)
+        for warning in said:
+            gr.Warning(str(warning.message))
         gallery = [
-            (_uint8(overlay(photo, saliency)), f"{prompt}: {score:.2f}")
-            for saliency, prompt, score in zip(maps, prompts, scores, strict=True)
+            (_uint8(overlay(drawn, saliency)), f"{prompt}: {score:.2f}")
+            for saliency, prompt, score in zip(
+                maps.at_size(drawn.size), prompts, scores, strict=True
+            )
         ]
         out = self.folder / "gscorecam-maps.npy"  # one request at a time; Gradio copies it
-        np.save(out, maps)
+        try:
+            write_npy_slices(out, maps, maps.shape, np.float32)  # one map in memory at a time
+        except OutputError as error:
+            raise gr.Error(str(error)) from None
         rows = [[p, round(float(s), 2)] for p, s in zip(prompts, scores, strict=True)]
         return gallery, rows, _status(method, len(prompts), dtype, seconds), str(out)
 
@@ -251,6 +310,36 @@ def _labels(option: str) -> str:
     from captum_gscorecam.registry import SPECS
 
     return ", ".join(spec.label for spec in SPECS.values() if spec.takes(option))
+
+
+def _whole_number(value: object, name: str, low: int, high: int) -> int:
+    """A number from the page (an int, or a float with a whole value) in ``[low, high]``."""
+    from captum_gscorecam.checks import describe
+
+    whole = value
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        whole = int(value)
+    if not isinstance(whole, int) or isinstance(whole, bool) or not low <= whole <= high:
+        raise ValueError(
+            f"{name}: expected a whole number from {low} to {high}, got {describe(value)}"
+        )
+    return whole
+
+
+def _sweep_temporary_folders() -> None:
+    """Remove the temporary folders of app processes of this user that no longer run."""
+    if os.name != "posix":  # os.kill(pid, 0) asks whether a process runs on POSIX only
+        return
+    for folder in Path(tempfile.gettempdir()).glob(f"{TEMPORARY_PREFIX}*-*"):
+        pid = folder.name.removeprefix(TEMPORARY_PREFIX).partition("-")[0]
+        try:
+            if not pid.isdigit() or folder.stat().st_uid != os.getuid():
+                continue
+            os.kill(int(pid), 0)  # raises if no such process
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # another user's process, or a folder gone meanwhile: leave it
+            continue
 
 
 def _read(path: str) -> Any:

@@ -114,31 +114,34 @@ def read_image(path: str | Path) -> Image.Image:
         return image.convert("RGB")
 
 
-def display_size(size: tuple[int, int], max_pixels: int = DISPLAY_MAX_PIXELS) -> tuple[int, int]:
+def display_size(size: tuple[int, int], max_pixels: int | None = None) -> tuple[int, int]:
     """PIL's ``(width, height)`` to draw a photo of ``size`` at: ``size`` itself up to
-    ``max_pixels`` pixels, else scaled down by one factor (the aspect ratio kept to a pixel) to
-    at most ``max_pixels``, each side at least 1.
+    ``max_pixels`` pixels (None: ``DISPLAY_MAX_PIXELS``), else scaled down by one factor (the
+    aspect ratio kept to a pixel) to at most ``max_pixels``, each side at least 1.
     """
+    limit = DISPLAY_MAX_PIXELS if max_pixels is None else max_pixels
     width, height = size
-    if width * height <= max_pixels:
+    if width * height <= limit:
         return width, height
-    scale = math.sqrt(max_pixels / (width * height))
+    scale = math.sqrt(limit / (width * height))
     return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
 
 
 def for_display(
-    photo: Image.Image, name: str = "photo", max_pixels: int = DISPLAY_MAX_PIXELS
+    photo: Image.Image, name: str = "photo", max_pixels: int | None = None
 ) -> Image.Image:
-    """``photo`` to draw: itself, or above ``max_pixels`` a copy scaled to :func:`display_size`
-    (area-averaged) with a ``UserWarning`` naming it (``name``: the file) and both sizes.
+    """``photo`` to draw: itself, or above ``max_pixels`` (None: ``DISPLAY_MAX_PIXELS``) a copy
+    scaled to :func:`display_size` (area-averaged), with a ``UserWarning`` naming it (``name``:
+    the file) and both sizes.
     """
-    size = display_size(photo.size, max_pixels)
+    limit = DISPLAY_MAX_PIXELS if max_pixels is None else max_pixels
+    size = display_size(photo.size, limit)
     if size == photo.size:
         return photo
     width, height = photo.size
     warnings.warn(
         f"image: {name} is {width} x {height} pixels ({width * height / 1e6:.1f} MP), over the "
-        f"{max_pixels / 1e6:g} MP drawn at most; drawn at {size[0]} x {size[1]}",
+        f"{limit / 1e6:g} MP drawn at most; drawn at {size[0]} x {size[1]}",
         UserWarning,
         stacklevel=2,
     )

@@ -301,3 +301,133 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+# Inputs checked and named, the temporary folder cleaned, large photos drawn downscaled
+
+
+def test_k_for_a_method_without_k_is_refused_as_the_command_line_does(client, photo):
+    with pytest.raises(_app_error(), match="k: ScoreCAM does not use k; it applies to gScoreCAM"):
+        _explain(client, photo, "a red circle", method="scorecam", topk="0.5")
+
+
+def _bare_explainer():
+    """The page's callbacks without a model: enough for what is refused before it is used."""
+    pytest.importorskip("gradio", reason=NEEDS_GRADIO)
+    from captum_gscorecam.app import _Explainer
+
+    return _Explainer(None, None, None, "cpu")
+
+
+@pytest.mark.parametrize(
+    ("seed", "objects", "message"),
+    [
+        (float("inf"), 3, "seed: expected a whole number from 0 to 9223372036854775807, got inf"),
+        (1e300, 3, "seed: expected a whole number from 0 to 9223372036854775807, got 1e+300"),
+        (float("nan"), 3, "seed: expected a whole number from 0 to 9223372036854775807, got nan"),
+        (-5, 3, "seed: expected a whole number from 0 to 9223372036854775807, got -5"),
+        (None, 3, "seed: expected a whole number from 0 to 9223372036854775807, got None"),
+        (2.5, 3, "seed: expected a whole number from 0 to 9223372036854775807, got 2.5"),
+        (7, 0, "objects: expected a whole number from 1 to 6, got 0"),
+        (7, 6.5, "objects: expected a whole number from 1 to 6, got 6.5"),
+    ],
+)
+def test_scene_seeds_and_counts_are_checked_and_named(seed, objects, message):
+    import gradio as gr
+
+    explainer = _bare_explainer()
+    with pytest.raises(gr.Error) as error:
+        explainer.scene(seed, objects)
+    assert str(error.value.message) == message
+    assert os.listdir(explainer.folder) == []
+    path, prompts = explainer.scene(7.0, 2)  # a whole float, as gr.Number gives it
+    assert Path(path).name == "scene-7-2.png"
+    assert len(prompts.splitlines()) == 2
+
+
+def test_a_fifo_upload_is_refused_without_blocking(tmp_path):
+    import threading
+
+    import gradio as gr
+
+    explainer = _bare_explainer()
+    fifo = tmp_path / "photo.png"
+    os.mkfifo(fifo)
+    outcome = []
+
+    def call() -> None:
+        try:
+            explainer.explain(str(fifo), "a red circle", "gscorecam", "", "fp32", lambda *a, **k: 0)
+        except gr.Error as error:
+            outcome.append(str(error.message))
+
+    worker = threading.Thread(target=call, daemon=True)
+    worker.start()
+    worker.join(30)
+    if worker.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("the app blocked on a FIFO")
+    assert outcome == ["image: photo.png is a FIFO (named pipe), not a photo file"]
+
+
+def _app_folders(pid: int) -> set[Path]:
+    import tempfile
+
+    return set(Path(tempfile.gettempdir()).glob(f"gscorecam-app-{pid}-*"))
+
+
+def test_close_removes_the_temporary_folder_and_dead_apps_folders_are_swept():
+    import tempfile
+
+    pytest.importorskip("gradio", reason=NEEDS_GRADIO)
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)  # fmt: skip
+    dead = Path(tempfile.mkdtemp(prefix=f"gscorecam-app-{finished.stdout.strip()}-"))
+    (dead / "gscorecam-maps.npy").write_bytes(b"maps of a killed app")
+    alive = Path(tempfile.mkdtemp(prefix=f"gscorecam-app-{os.getppid()}-"))
+    before = _app_folders(os.getpid())
+    page = build_app("shapes-rn")
+    assert not dead.exists()  # its process is gone
+    assert alive.exists()  # its process runs: left alone
+    alive.rmdir()
+    (new,) = _app_folders(os.getpid()) - before
+    assert new.is_dir()
+    page.close()
+    assert not new.exists()
+
+
+def test_sigterm_stops_as_ctrl_c_and_the_exit_removes_the_folder(tmp_path):
+    """``gscorecam app`` turns SIGTERM into KeyboardInterrupt (Gradio's block_thread then closes
+    the server and returns); the interpreter's exit removes the folder."""
+    code = (
+        "import signal, sys, time\n"
+        "from captum_gscorecam.app import _Explainer\n"
+        "from captum_gscorecam.cli.app import _interrupt\n"
+        "signal.signal(signal.SIGTERM, _interrupt)\n"
+        "explainer = _Explainer(None, None, None, 'cpu')\n"
+        "(explainer.folder / 'gscorecam-maps.npy').write_bytes(b'maps')\n"
+        "print(explainer.folder, flush=True)\n"
+        "try:\n"
+        "    time.sleep(120)\n"
+        "except KeyboardInterrupt:\n"
+        "    sys.exit(0)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    process = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        folder = Path(process.stdout.readline().strip())
+        assert folder.is_dir()
+        process.terminate()
+        assert process.wait(timeout=60) == 0
+    finally:
+        process.kill()
+    assert not folder.exists()
+
+
+def test_a_photo_over_the_display_limit_is_drawn_downscaled(client, photo, monkeypatch):
+    monkeypatch.setattr("captum_gscorecam.images.DISPLAY_MAX_PIXELS", 320 * 240 // 4)
+    gallery, _, _, download = _explain(client, photo, "a red circle\na blue square")
+    assert [Image.open(item["image"]).size for item in gallery] == [(160, 120)] * 2
+    assert np.load(download).shape == (2, 240, 320)  # the maps keep the photo's resolution

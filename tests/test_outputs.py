@@ -416,3 +416,69 @@ def test_a_disk_that_fills_mid_run_leaves_a_resumable_folder(
     assert len(dropped) == unfinished
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     assert strip(resumed["rows"]) == strip(fresh["rows"])
+
+
+# The command line: outputs refused before the model loads (exit 2), failures while writing
+# (exit 1), one line each
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail the test if a command loads a model."""
+    import captum_gscorecam.loading as loading
+
+    monkeypatch.setattr(loading, "load_model", mock.Mock(side_effect=AssertionError("loaded")))
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("name", ["results.json", "evaluate.lock", "run.json"])
+def test_evaluate_out_with_a_folder_in_a_files_place_is_refused_before_loading(
+    tmp_path, capsys, no_model, name
+):
+    from captum_gscorecam.cli import main
+
+    (tmp_path / name).mkdir()
+    assert main(["evaluate", "--out", str(tmp_path), "--methods", "uniform"]) == 2
+    err = _one_line(capsys)
+    assert err.startswith(f"gscorecam evaluate: error: argument --out: cannot write {tmp_path}")
+    assert f"{tmp_path / name}: it is a folder; expected a file" in err
+
+
+def test_evaluate_out_on_a_read_only_file_system_is_refused_before_loading(
+    mounts, capsys, no_model
+):
+    from captum_gscorecam.cli import main
+
+    if not isinstance(mounts, Mounts):
+        pytest.skip(mounts)
+    out = mounts.read_only / "results"
+    assert main(["evaluate", "--out", str(out)]) == 2
+    assert "the file system is read-only" in _one_line(capsys)
+
+
+def test_a_write_failing_during_the_work_is_one_line_and_exit_1(tmp_path, capsys, monkeypatch):
+    from captum_gscorecam.cli import main
+
+    failing = OutputError(tmp_path / "results.jsonl", "no space left on the device", errno.ENOSPC)
+    monkeypatch.setattr(
+        "captum_gscorecam.evaluation.runner.append_record", mock.Mock(side_effect=failing)
+    )
+    argv = ["evaluate", "--out", str(tmp_path), "--methods", "uniform", "--limit", "1"]
+    assert main([*argv, "--device", "cpu"]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    assert last.endswith(
+        f"error: cannot write {tmp_path / 'results.jsonl'}: no space left on the device"
+    )
+
+
+def test_evaluate_takes_cpu_0_again(tmp_path, capsys):
+    from captum_gscorecam.cli import main
+
+    argv = ["evaluate", "--out", str(tmp_path), "--methods", "uniform", "--limit", "1"]
+    assert main([*argv, "--device", "cpu:0"]) == 0
+    assert json.loads((tmp_path / "results.json").read_text())["images"] == 1

@@ -5,6 +5,7 @@ when it runs).
 from __future__ import annotations
 
 import argparse
+import signal
 
 from captum_gscorecam.cli.options import (
     UsageError,
@@ -63,4 +64,9 @@ def run(args: argparse.Namespace) -> None:
             f"({str(error).splitlines()[0]}); pick another port"
         ) from None
     print(f"serving {model} on http://{args.host}:{args.port} (Ctrl+C to stop)", flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)  # stops as Ctrl+C does: the exit cleans up
     page.block_thread()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

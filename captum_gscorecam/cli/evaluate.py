@@ -135,6 +135,7 @@ def run(args: argparse.Namespace) -> None:
     try:
         setting = _run_description(args)
         coco = _coco_images(args, setting)
+        _check_out(args.out, setting, coco)
         if Path(args.out).is_dir() and os.environ.get("RANK", "0") == "0":
             with locked(args.out):  # in use: refused now, not after loading the model
                 pass
@@ -177,6 +178,20 @@ def run(args: argparse.Namespace) -> None:
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _check_out(out: Path, setting: Mapping[str, object], coco: Sequence[CocoImage] | None) -> None:
+    """Refuse, before the model loads, outputs that cannot be written or would overwrite the
+    COCO annotations or an image (``outputs.check_outputs``).
+    """
+    from captum_gscorecam.evaluation.runner import output_files
+    from captum_gscorecam.outputs import OutputError, check_outputs
+
+    inputs = [] if coco is None else [setting["annotations"], *(image.path for image in coco)]
+    try:
+        check_outputs(output_files(out, int(os.environ.get("WORLD_SIZE", "1"))), inputs)
+    except OutputError as error:
+        raise UsageError(f"argument --out: {error}") from None
 
 
 def _run_description(args: argparse.Namespace) -> dict[str, object]:

@@ -21,6 +21,7 @@ from typing import Any
 
 from captum_gscorecam.checks import (
     PRECISIONS,
+    check_device_name,
     check_perturbations_per_eval,
     check_template,
     topk_from_text,
@@ -156,14 +157,11 @@ def port_arg(text: str) -> int:
     return value
 
 
-_DEVICE = re.compile(r"auto|cpu|mps|(cuda|xpu)(:\d+)?")
-
-
 def device_arg(text: str) -> str:
-    """``--device``: ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``xpu[:N]``."""
-    if not _DEVICE.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N or mps, got {text!r}")
-    return text
+    """``--device``: ``auto``, ``cpu`` (``cpu:0``), ``cuda``, ``cuda:N``, ``mps`` or ``xpu[:N]``
+    (``checks.check_device_name``, which the API uses too).
+    """
+    return _checked(check_device_name, text)
 
 
 def template_arg(text: str) -> str:
