@@ -75,7 +75,7 @@ def run(model, tokenizer, examples, out, methods=FAST, **kwargs):
 
 
 def without_time(rows):
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+    return [{k: v for k, v in row.items() if k not in ("seconds", "cpu_seconds")} for row in rows]
 
 
 # Datasets

@@ -91,7 +91,12 @@ def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentPars
         help=f"images (default: all COCO images; {SHAPES_IMAGES} shapes scenes)",
     )
     p.add_argument(
-        "--objects", type=_objects, default="3-6", help="shapes per scene: LOW-HIGH or N"
+        "--objects",
+        type=_objects,
+        default="3-6",
+        help="shapes per scene: LOW-HIGH, N, or counts A,B,... (consecutive scenes cycle "
+        "through the counts; a --limit that is a multiple of their number gives each as many "
+        "scenes); a shapes run also reports its scores per exact count",
     )
     p.add_argument(
         "--seed",
@@ -169,6 +174,7 @@ def run(args: argparse.Namespace) -> None:
                 params=params,
                 show_progress=True,
                 precision=args.precision,
+                by_count=args.dataset == "shapes",
             )
         except ValueError as error:
             raise UsageError(str(error)) from None
@@ -203,7 +209,15 @@ def _run_description(args: argparse.Namespace) -> dict[str, object]:
         for flag in ("root", "annotations", "images"):
             if getattr(args, flag) is not None:
                 raise ValueError(f"{flag}: --{flag} is for --dataset coco")
-        return setting | {"dataset": "shapes", "seed": args.seed, "objects": list(args.objects)}
+        counts = list(args.objects)
+        # A run of consecutive counts is recorded as its range, as it always was: same scenes.
+        if counts == list(range(counts[0], counts[-1] + 1)):
+            return setting | {
+                "dataset": "shapes",
+                "seed": args.seed,
+                "objects": [counts[0], counts[-1]],
+            }
+        return setting | {"dataset": "shapes", "seed": args.seed, "object_counts": counts}
     annotations, images = coco_files(args.root, args.annotations, args.images)
     return setting | {
         "dataset": "coco",
@@ -231,7 +245,7 @@ def _examples(
     if coco is not None:
         return coco_image_examples(coco, size, args.template)
     seeds = range(args.seed, args.seed + (args.limit or SHAPES_IMAGES))
-    return shapes_examples(seeds, args.objects, size)
+    return shapes_examples(seeds, size=size, counts=args.objects)
 
 
 def _methods(text: str) -> list[str]:
@@ -244,11 +258,19 @@ def _methods(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(str(error).partition(": ")[2]) from None
 
 
-def _objects(text: str) -> tuple[int, int]:
-    """``--objects 3-6`` or ``--objects 4``: a range of object counts within 1..6."""
+def _objects(text: str) -> tuple[int, ...]:
+    """``--objects 3-6``, ``4`` or ``1,2,3,4,6``: the object counts within 1..6, ascending."""
     low, dash, high = text.strip().partition("-")
-    digits = low.isdigit() and (high.isdigit() if dash else True)
-    bounds = (int(low), int(high or low)) if digits else (0, 0)
-    if not 1 <= bounds[0] <= bounds[1] <= 6:
-        raise argparse.ArgumentTypeError(f"expected LOW-HIGH within 1-6 or one count, got {text!r}")
-    return bounds
+    if dash:
+        digits = low.isdigit() and high.isdigit()
+        counts = list(range(int(low), int(high) + 1)) if digits else []
+    else:
+        parts = [part.strip() for part in low.split(",")]
+        digits = all(part.isdigit() for part in parts)
+        counts = [int(part) for part in parts] if digits else []
+    if not counts or len(set(counts)) != len(counts) or not all(1 <= n <= 6 for n in counts):
+        raise argparse.ArgumentTypeError(
+            f"expected LOW-HIGH within 1-6, one count, or distinct counts A,B,... within 1-6, "
+            f"got {text!r}"
+        )
+    return tuple(sorted(counts))

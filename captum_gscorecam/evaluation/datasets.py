@@ -63,18 +63,27 @@ class Example:
 
 
 def shapes_examples(
-    seeds: Iterable[int], objects: tuple[int, int] = (3, 6), size: int = DEFAULT_SIZE
+    seeds: Iterable[int],
+    objects: tuple[int, int] = (3, 6),
+    size: int = DEFAULT_SIZE,
+    counts: Sequence[int] | None = None,
 ) -> list[Example]:
     """One example per object of each seed's shapes scene, prompted with its caption.
 
-    The scene of seed ``s`` holds ``lo + s mod (hi - lo + 1)`` objects for ``objects = (lo,
-    hi)``, so consecutive seeds cycle through the counts. Objects of a scene are distinct
-    (colour, shape) pairs, so each example has one box and the object's exact mask.
+    The scene of seed ``s`` holds ``counts[s mod len(counts)]`` objects, where ``counts`` is
+    ``lo, lo + 1, ..., hi`` for ``objects = (lo, hi)`` unless given, so consecutive seeds cycle
+    through the counts and ``len(counts)`` consecutive seeds hold each count once. Objects of a
+    scene are distinct (colour, shape) pairs, so each example has one box and the object's
+    exact mask.
     """
-    low, high = objects
+    if counts is None:
+        counts = range(objects[0], objects[1] + 1)
+    counts = list(counts)
+    if not counts:
+        raise ValueError("counts: expected at least one object count")
     examples = []
     for seed in seeds:
-        scene = render_scene(seed, low + seed % (high - low + 1), size)
+        scene = render_scene(seed, counts[seed % len(counts)], size)
         for caption, box, mask in zip(scene.captions, scene.boxes, scene.masks, strict=True):
             examples.append(
                 Example(str(seed), caption, box[None], mask, len(scene.objects), scene.image, size)

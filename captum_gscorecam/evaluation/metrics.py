@@ -29,6 +29,7 @@ __all__ = [
     "insertion_auc",
     "mask_iou",
     "max_box_acc_v2",
+    "pointing_chance",
     "pointing_game",
 ]
 
@@ -66,11 +67,37 @@ def pointing_game(saliency: np.ndarray, boxes: np.ndarray, tolerance: int = 15) 
     if not len(peak):
         return False
     x, y = peak[0, :2].astype(np.int64)
-    x0, y0, x1, y1 = np.asarray(boxes).reshape(-1, 4).T
+    return bool(_hits(np.array([x]), np.array([y]), boxes, tolerance)[0])
+
+
+def pointing_chance(boxes: np.ndarray, shape: tuple[int, int], tolerance: int = 15) -> float:
+    """The pointing game's chance level: the share of the ``(H, W)`` pixels that hit.
+
+    A map whose peak falls on a uniformly random pixel scores this on average, the baseline a
+    method's pointing accuracy should be read against (it falls as objects get smaller).
+
+    Args:
+
+        boxes (np.ndarray): Ground-truth boxes ``(n, 4)``.
+        shape (tuple of int): The map's ``(H, W)``.
+        tolerance (int, optional): Margin around the boxes, in pixels, as in
+                    :func:`pointing_game`.
+                    Default: 15
+
+    Returns:
+        *float*: the share of pixels within ``tolerance`` of a box (or inside one).
+    """
+    y, x = np.indices(shape).reshape(2, -1)
+    return float(_hits(x, y, boxes, tolerance).mean())
+
+
+def _hits(x: np.ndarray, y: np.ndarray, boxes: np.ndarray, tolerance: int) -> np.ndarray:
+    """Whether each point ``(x[i], y[i])`` lies in a box or within ``tolerance`` of one."""
+    x0, y0, x1, y1 = (v[:, None] for v in np.asarray(boxes).reshape(-1, 4).T)
     dx = np.maximum(0, np.maximum(x0 - x, x - (x1 - 1)))
     dy = np.maximum(0, np.maximum(y0 - y, y - (y1 - 1)))
     d2 = dx**2 + dy**2
-    return bool(np.any((d2 == 0) | (d2 < tolerance**2)))
+    return np.any((d2 == 0) | (d2 < tolerance**2), axis=0)
 
 
 def box_accuracy(

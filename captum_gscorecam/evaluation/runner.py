@@ -27,9 +27,11 @@ from tqdm import tqdm
 from captum_gscorecam.checks import CONV_TOPK_SHARE, TOKEN_TOPK_SHARE, check_topk
 from captum_gscorecam.evaluation.datasets import Example
 from captum_gscorecam.evaluation.distributed import rank_and_world, run_lock
+from captum_gscorecam.evaluation.metrics import pointing_chance
 from captum_gscorecam.evaluation.report import (
     REPORT_FILES,
     object_buckets,
+    object_counts,
     summarize,
     write_report,
 )
@@ -80,6 +82,7 @@ def evaluate(
     params: MetricParams = MetricParams(),
     show_progress: bool = False,
     precision: str | torch.dtype | None = None,
+    by_count: bool = False,
 ) -> dict[str, object]:
     """Score every method on every example; resumable, and sharded under torch.distributed.
 
@@ -101,11 +104,16 @@ def evaluate(
         precision: The precision of gScoreCAM's and ScoreCAM's masked passes (their
             ``attribute``'s ``precision``), resolved on the model's device and recorded in
             ``run.json`` as ``fp32``, ``bf16`` or ``fp16``; a resumed run must match.
+        by_count: Also break the scores down by the exact number of objects per image
+            (``by_count``), for datasets with a few counts, such as shapes scenes.
 
     Returns:
         The content of ``results.json``: ``config``, ``images``, ``examples``, ``summary``
-        (method -> metric -> value), ``by_objects`` and ``rows``, without their IoU curves,
-        which stay in the JSON lines (on every rank).
+        (method -> metric -> value), ``by_objects``, ``pointing_chance`` (the pointing game's
+        chance level, :func:`~captum_gscorecam.evaluation.metrics.pointing_chance`, over all
+        examples as ``"all"`` and, with ``by_count``, per count), ``by_count`` (count ->
+        method -> metric -> value, with ``by_count`` only) and ``rows``, without their IoU
+        curves, which stay in the JSON lines (on every rank).
 
     Raises:
         ValueError: Bad methods or topk, no examples, or an ``out_dir`` holding results of
@@ -161,6 +169,12 @@ def evaluate(
             "examples": len(examples),
             "summary": summarize(rows, methods, params.iou_thresholds),
             "by_objects": object_buckets(rows, methods, params.iou_thresholds),
+            "pointing_chance": _chance(examples, params.tolerance, by_count),
+            **(
+                {"by_count": object_counts(rows, methods, params.iou_thresholds)}
+                if by_count
+                else {}
+            ),
             "rows": [{k: v for k, v in row.items() if k != "iou_curve"} for row in rows],
         }
         if rank == 0:
@@ -189,6 +203,18 @@ def default_topk_share(model: nn.Module) -> float:
     blocks = token_blocks(model)
     tokens = blocks is not None and default_layer(model) is blocks[-1]
     return TOKEN_TOPK_SHARE if tokens else CONV_TOPK_SHARE
+
+
+def _chance(examples: Sequence[Example], tolerance: int, by_count: bool) -> dict[str, float]:
+    """The mean pointing chance of the examples (``"all"``) and, if ``by_count``, per count."""
+    chance = [
+        (e.n_objects, pointing_chance(e.boxes, (e.size, e.size), tolerance)) for e in examples
+    ]
+    groups = {"all": [c for _, c in chance]}
+    if by_count:
+        for n in sorted({n for n, _ in chance}):
+            groups[str(n)] = [c for m, c in chance if m == n]
+    return {name: float(sum(values) / len(values)) for name, values in groups.items()}
 
 
 def _by_image(examples: Iterable[Example]) -> dict[str, list[Example]]:

@@ -94,10 +94,11 @@ def evaluate_image(
     text = encode_text(model, tokenizer, [example.prompt for example in group])[None]
     rows = []
     for method in methods:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         maps = explain_maps(model, image, text, method, topk, precision=precision)
         maps = upsample(maps, (size, size))[0]
         seconds = time.perf_counter() - start
+        cpu_seconds = time.process_time() - cpu_start
         for t, example in enumerate(group):
             row = {
                 "image_id": example.image_id,
@@ -105,6 +106,7 @@ def evaluate_image(
                 "n_objects": example.n_objects,
                 "method": method,
                 "seconds": seconds,
+                "cpu_seconds": cpu_seconds,
                 **score_map(maps[t], example, params),
             }
             if params.faithfulness_steps is not None:
