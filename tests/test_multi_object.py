@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,6 +27,7 @@ from captum_gscorecam.evaluation.report import (
     write_count_chart,
 )
 from captum_gscorecam.evaluation.store import settings_digest
+from captum_gscorecam.shapes import render_scene
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 PNG_MAGIC = b"\x89PNG"
@@ -239,3 +241,40 @@ def test_the_script_merges_runs_per_model_and_draws_the_figure(tmp_path, monkeyp
     assert rn["not_applicable"] == {"hilacam": "ViT towers only"}
     assert rn["images"] == 3
     assert "| HilaCAM: ViT towers only |" in (out / "shapes-rn" / "results.md").read_text()
+
+
+def test_crowded_vit_names_where_a_missed_peak_lands(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the script imports report.py beside it
+    script = runpy.run_path(str(BENCHMARKS / "crowded_vit.py"))
+    scene = next(s for s in map(lambda seed: render_scene(seed, 6, 224), range(50)) if _twins(s))
+    target, other = _twins(scene)
+    x0, y0, x1, y1 = scene.boxes[other]
+    kind = "same colour" if scene.objects[target][0] == scene.objects[other][0] else "same shape"
+    assert script["where"](((x0 + x1) // 2, (y0 + y1) // 2), scene, target) == kind
+    free = next(
+        (x, y)
+        for y in range(0, 224, 4)
+        for x in range(0, 224, 4)
+        if not any(pointing_game(_peak(x, y), box[None], 15) for box in scene.boxes)
+    )
+    assert script["where"](free, scene, target) == "background"
+    weights_map, weights = script["weighted_map"](
+        torch.tensor([0.0, 1.0, 5.0]), torch.ones(3, 2, 2), torch.tensor([True, True, False])
+    )
+    assert weights.tolist() == pytest.approx([1 / (1 + np.e), np.e / (1 + np.e), 0.0])
+    assert weights_map.flatten().tolist() == pytest.approx([1.0] * 4)
+
+
+def _twins(scene):
+    """Two objects of a scene sharing a colour or a shape, if any (target, other)."""
+    for i, (c, s) in enumerate(scene.objects):
+        for j, (c2, s2) in enumerate(scene.objects):
+            if i != j and (c == c2 or s == s2):
+                return i, j
+    return None
+
+
+def _peak(x, y):
+    peak = np.zeros((224, 224))
+    peak[y, x] = 1.0
+    return peak
