@@ -37,9 +37,17 @@ MAX_SEED = 2**63 - 1
 
 
 def parse_prompts(text: str) -> list[str]:
-    """The prompts typed in the page, one per line (commas stay inside a prompt).
+    r"""The prompts typed in the page, one per line (commas stay inside a prompt).
 
-    Raises a ValueError naming ``prompts`` when no line has text.
+    Args:
+
+        text (str): The text box's content.
+
+    Returns:
+        *list[str]*: one prompt per line with text, surrounding spaces removed.
+
+    Raises:
+        ValueError: No line has text.
     """
     prompts = [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
@@ -54,12 +62,30 @@ def build_app(
     *,
     loaded: tuple[Any, Any, Any] | None = None,
 ) -> gr.Blocks:
-    """The page: a photo (uploaded or a shapes scene), prompts, method, k and precision in;
+    r"""The page: a photo (uploaded or a shapes scene), prompts, method, k and precision in;
     overlays on the photo, the CLIP score per prompt, the time and the maps (``.npy``) out.
 
-    The model is loaded here, once (``loading.load_model``, as the command line loads it), or
-    given as ``loaded``: ``load_model(model, pretrained, device)``'s result; a model that cannot
-    be loaded raises its ValueError. ``page.close()`` also removes the page's temporary folder.
+    The model is loaded here, once, as the command line loads it (``loading.load_model``);
+    ``page.close()`` also removes the page's temporary folder.
+
+    Args:
+
+        model (str, optional): ``shapes-rn``, ``shapes-vit``, an open_clip name or ``hf:REPO``.
+                    Default: "shapes-rn"
+        pretrained (str, optional): An open_clip tag or a checkpoint file.
+                    Default: None
+        device (str, optional): Where the model runs.
+                    Default: "cpu"
+        loaded (tuple, optional): ``load_model(model, pretrained, device)``'s result, when the
+                    caller has loaded it already.
+                    Default: None
+
+    Returns:
+        *gr.Blocks*: the page; ``.launch()`` serves it.
+
+    Raises:
+        ImportError: gradio is not installed (the message names the extra).
+        ValueError: The model cannot be loaded.
     """
     gr = import_gradio()
     from captum_gscorecam.loading import load_model
@@ -237,9 +263,9 @@ class _Explainer:
 
         from captum_gscorecam.checks import topk_from_text
         from captum_gscorecam.clip import encode_text
-        from captum_gscorecam.explain import explain_photo
         from captum_gscorecam.images import for_display
         from captum_gscorecam.outputs import OutputError, write_npy_slices
+        from captum_gscorecam.photos import explain_photo
         from captum_gscorecam.precision import resolve_precision
         from captum_gscorecam.registry import method_spec
         from captum_gscorecam.visualization import overlay
@@ -359,7 +385,14 @@ def _uint8(image: np.ndarray) -> np.ndarray:
 
 
 def import_gradio() -> Any:
-    """gradio, imported with its analytics off; an ImportError naming the extra without it."""
+    r"""gradio, imported with its analytics off.
+
+    Returns:
+        *module*: ``gradio``.
+
+    Raises:
+        ImportError: gradio is not installed; the message names the ``app`` extra.
+    """
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     try:
         import gradio

@@ -28,10 +28,18 @@ METHODS = {key: spec.label for key, spec in SPECS.items()}
 
 
 def check_method(model: nn.Module, method: str) -> None:
-    """Raise a ValueError naming ``method`` if it is unknown or cannot explain ``model``.
+    r"""Check that ``method`` is known and can explain ``model``.
 
     A method the registry limits to some towers (HilaCAM: ViT towers that pool the class
     token) is checked by building it on ``model``; every other method works on any CLIP tower.
+
+    Args:
+
+        model (torch.nn.Module): A CLIP model (open_clip or Hugging Face).
+        method (str): A key of the registry (``registry.SPECS``).
+
+    Raises:
+        ValueError: ``method`` is unknown, or cannot explain ``model`` (the message says why).
     """
     spec = method_spec(method)
     if spec.towers != TOWERS:
@@ -42,7 +50,15 @@ def check_method(model: nn.Module, method: str) -> None:
 
 
 def applicable_methods(model: nn.Module) -> list[str]:
-    """The keys of ``METHODS`` that can explain ``model``, in order."""
+    r"""The methods that can explain ``model``.
+
+    Args:
+
+        model (torch.nn.Module): A CLIP model (open_clip or Hugging Face).
+
+    Returns:
+        *list[str]*: the registry's keys that pass :func:`check_method`, in its order.
+    """
     usable = []
     for method in SPECS:
         try:
@@ -113,8 +129,18 @@ def explain_maps(
 def explained_layer(
     model: nn.Module, method: str, layer: nn.Module | None = None
 ) -> nn.Module | None:
-    """The layer ``method`` explains on ``model``: ``layer``, else the method's default
-    (``registry.SPECS[method].default_layer``); None for a method that takes no layer.
+    r"""The layer ``method`` explains on ``model``.
+
+    Args:
+
+        model (torch.nn.Module): A CLIP model (open_clip or Hugging Face).
+        method (str): A key of the registry.
+        layer (torch.nn.Module, optional): The layer asked for.
+                    Default: None (the method's ``registry.SPECS[method].default_layer``)
+
+    Returns:
+        *torch.nn.Module* or None: ``layer`` or the method's default; None for a method that
+        takes no layer.
     """
     spec = method_spec(method)
     if not spec.takes("layer"):
@@ -123,7 +149,17 @@ def explained_layer(
 
 
 def layer_path(model: nn.Module, layer: nn.Module) -> str:
-    """The dotted path of ``layer`` in ``model`` (``visual.layer4``), or its class name."""
+    r"""The name of ``layer`` in ``model``, for what an output says it explained.
+
+    Args:
+
+        model (torch.nn.Module): The model holding the layer.
+        layer (torch.nn.Module): The layer.
+
+    Returns:
+        *str*: its dotted path (``visual.layer4``), or its class name if ``model`` does not
+        hold it.
+    """
     return next((n for n, m in model.named_modules() if m is layer), type(layer).__name__)
 
 

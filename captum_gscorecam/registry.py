@@ -189,10 +189,19 @@ SPECS: dict[str, MethodSpec] = {spec.key: spec for spec in _SPECS}
 
 
 def method_spec(key: object, name: str = "method") -> MethodSpec:
-    """The spec of the method ``key``; the one place a method's name is checked.
+    r"""The spec of a method; the one place a method's name is checked.
+
+    Args:
+
+        key (str): A method's key, e.g. ``"gscorecam"``.
+        name (str, optional): The argument's name in the error message.
+                    Default: "method"
+
+    Returns:
+        *MethodSpec*: the method's entry of :data:`SPECS`.
 
     Raises:
-        ValueError: ``key`` names no method; the message starts with ``name``.
+        ValueError: ``key`` names no method.
     """
     if not isinstance(key, str) or key not in SPECS:
         raise ValueError(f"{name}: unknown method {key!r}; expected one of {list(SPECS)}")
@@ -200,10 +209,19 @@ def method_spec(key: object, name: str = "method") -> MethodSpec:
 
 
 def check_methods(keys: Iterable[str], name: str = "methods") -> list[str]:
-    """Method keys as a list: at least one, each known, each once.
+    r"""Method keys checked as a list: at least one, each known, each once.
+
+    Args:
+
+        keys (iterable of str): Methods' keys, in the order wanted.
+        name (str, optional): The argument's name in the error message.
+                    Default: "methods"
+
+    Returns:
+        *list[str]*: the keys, in the order given.
 
     Raises:
-        ValueError: None given, an unknown key or a key twice; the message starts with ``name``.
+        ValueError: No key, an unknown key, or a key given twice.
     """
     keys = list(keys)
     if not keys:

@@ -44,14 +44,35 @@ def to_image(
     mean: Sequence[float] = OPENAI_DATASET_MEAN,
     std: Sequence[float] = OPENAI_DATASET_STD,
 ) -> np.ndarray:
-    """A normalised image ``(3, H, W)`` back to displayable ``(H, W, 3)`` values in [0, 1]."""
+    r"""A normalised image back to displayable values: ``image * std + mean``, clamped.
+
+    Args:
+
+        image (Tensor): A normalised image ``(3, H, W)``.
+        mean (sequence of float, optional): The normalisation's per-channel mean.
+                    Default: CLIP's (``OPENAI_DATASET_MEAN``)
+        std (sequence of float, optional): The normalisation's per-channel standard deviation.
+                    Default: CLIP's (``OPENAI_DATASET_STD``)
+
+    Returns:
+        *np.ndarray* ``(H, W, 3)`` in [0, 1].
+    """
     mean_t = torch.tensor(mean, dtype=image.dtype, device=image.device)[:, None, None]
     std_t = torch.tensor(std, dtype=image.dtype, device=image.device)[:, None, None]
     return (image * std_t + mean_t).clamp(0, 1).permute(1, 2, 0).detach().cpu().numpy()
 
 
 def upsample(maps: Tensor, size: tuple[int, int]) -> np.ndarray:
-    """Layer maps ``(N, T, h, w)`` to ``(N, T, H, W)`` numpy arrays (bilinear, Captum's way)."""
+    r"""Layer maps upsampled bilinearly, as ``LayerAttribution.interpolate`` does, to numpy.
+
+    Args:
+
+        maps (Tensor): Maps ``(N, T, h, w)``.
+        size (tuple[int, int]): ``(H, W)``.
+
+    Returns:
+        *np.ndarray* ``(N, T, H, W)`` float32.
+    """
     up = LayerAttribution.interpolate(maps.detach().float(), size, "bilinear")
     return up.cpu().numpy()
 
@@ -146,11 +167,21 @@ def photo_figure(
 
 
 def captum_map(attr: Tensor | np.ndarray) -> np.ndarray:
-    """One map ``(H, W)``, ``(1, H, W)`` or ``(1, 1, H, W)`` as the ``(H, W, 1)`` numpy array
-    ``captum.attr.visualization.visualize_image_attr`` reads (channels last).
+    r"""One map as the ``(H, W, 1)`` array ``captum.attr.visualization.visualize_image_attr``
+    reads (channels last).
 
     Given ``(1, H, W)`` directly, Captum reads an image one pixel high and H wide with W
     channels, and silently draws a one-pixel strip; this puts the axes where it expects them.
+
+    Args:
+
+        attr (Tensor or np.ndarray): One map ``(H, W)``, ``(1, H, W)`` or ``(1, 1, H, W)``.
+
+    Returns:
+        *np.ndarray* ``(H, W, 1)`` float32.
+
+    Raises:
+        ValueError: ``attr`` holds more than one map.
     """
     array = _numpy(attr, "attr")
     while array.ndim > 2 and array.shape[0] == 1:
@@ -394,28 +425,46 @@ _OVERLAY_BAND_PIXELS = 1 << 16
 def to_photo(
     maps: Tensor | np.ndarray, photo_size: tuple[int, int], preprocess: Callable[..., Any]
 ) -> np.ndarray:
-    """Maps of one photo, at any resolution over the model input, placed on the photo itself.
+    r"""Maps of one photo, at any resolution over the model input, placed on the photo itself.
 
-    ``maps`` ``(T, h, w)`` cover the preprocessed image (e.g. ``attr[0]`` of ``GScoreCAM``);
-    ``photo_size`` is PIL's ``(width, height)`` of the photo before ``preprocess``, a torchvision
-    ``Compose`` whose ``Resize`` and ``CenterCrop`` steps are undone (open_clip's preprocess,
-    ``clip.hf_preprocess``, ``load_clip``'s). Each photo pixel takes the bilinear value of the
-    maps at its centre, as ``LayerAttribution.interpolate(maps, size, "bilinear")`` would on the
-    model input; pixels the centre crop cut away get NaN. :class:`PhotoMaps` gives the same
-    maps one at a time, for photos too large to hold ``T`` of them.
+    Each photo pixel takes the bilinear value of the maps at its centre, as
+    ``LayerAttribution.interpolate(maps, size, "bilinear")`` would on the model input; pixels
+    the centre crop cut away get NaN. :class:`PhotoMaps` gives the same maps one at a time, for
+    photos too large to hold ``T`` of them.
+
+    Args:
+
+        maps (Tensor or np.ndarray): The maps ``(T, h, w)`` over the preprocessed image (e.g.
+                    ``attr[0]`` of ``GScoreCAM``).
+        photo_size (tuple[int, int]): PIL's ``(width, height)`` of the photo before
+                    ``preprocess``.
+        preprocess (Callable): A torchvision ``Compose`` whose ``Resize`` and ``CenterCrop``
+                    steps are undone (open_clip's preprocess, ``loading.hf_preprocess``,
+                    ``load_clip``'s).
 
     Returns:
-        float32 array ``(T, height, width)``.
+        *np.ndarray* ``(T, height, width)`` float32.
     """
     return np.asarray(PhotoMaps(maps, photo_size, preprocess))
 
 
 def no_crop(preprocess: Callable[..., Any]) -> Callable[..., Tensor]:
-    """``preprocess`` resizing the whole photo to the model's input instead of cropping it.
+    r"""``preprocess`` resizing the whole photo to the model's input instead of cropping it.
 
     A shortest-side ``Resize`` followed by a ``CenterCrop`` to S x S becomes one ``Resize`` to
     S x S (same interpolation): nothing is cut away, and a non-square photo is squashed (its
     aspect ratio changes). A preprocess without a centre crop is returned as a copy.
+
+    Args:
+
+        preprocess (Callable): A torchvision ``Compose``.
+
+    Returns:
+        *Callable*: a new ``Compose``.
+
+    Raises:
+        ValueError: Its ``CenterCrop`` has no ``Resize`` before it, or a step whose geometry
+            cannot be read.
     """
     from torchvision import transforms
 
@@ -443,16 +492,32 @@ def overlay(
     alpha: float = 0.5,
     cmap: str = "jet",
 ) -> np.ndarray:
-    """A heat map blended over the photo, like pytorch-grad-cam's ``show_cam_on_image``.
+    r"""A heat map blended over the photo, like pytorch-grad-cam's ``show_cam_on_image``: the
+    one overlay style of every figure of the package.
 
-    ``photo`` is ``(H, W, 3)`` uint8 or float in [0, 1], or a PIL image; ``saliency`` ``(H, W)``
-    at the photo's size (``to_photo(...)[t]``). The finite values are scaled to [0, 1] (min to
-    max) and coloured with ``cmap``; each pixel is ``(1 - alpha) * photo + alpha * colour``.
-    Pixels with no value (NaN: cut away by the centre crop) show the photo dimmed and hatched
-    with light diagonal lines, so the border is visibly "no value", not "cold".
+    The finite values are scaled to [0, 1] (min to max) and coloured with ``cmap``; each pixel
+    is ``(1 - alpha) * photo + alpha * colour``. Pixels with no value (NaN: cut away by the
+    centre crop) show the photo dimmed and hatched with light diagonal lines, so the border is
+    visibly "no value", not "cold".
+
+    Args:
+
+        photo (np.ndarray or PIL.Image.Image): ``(H, W, 3)`` uint8 or float in [0, 1], or a
+                    PIL image.
+        saliency (Tensor or np.ndarray): The map ``(H, W)`` at the photo's size
+                    (``to_photo(...)[t]``).
+        alpha (float, optional): The heat map's opacity, in [0, 1].
+                    Default: 0.5
+        cmap (str, optional): A matplotlib colormap name.
+                    Default: "jet"
 
     Returns:
-        float array ``(H, W, 3)`` in [0, 1] (``plt.imsave`` / ``imshow`` ready).
+        *np.ndarray* ``(H, W, 3)`` float in [0, 1] (``plt.imsave`` / ``imshow`` ready).
+
+    Raises:
+        ValueError: A map not at the photo's size, a bad ``alpha`` or ``cmap``, or a photo
+            that is not ``(H, W, 3)`` in range.
+        TypeError: A photo whose values are neither uint8 nor float.
     """
     image = _photo_array(photo)
     heat = _numpy(saliency, "saliency")

@@ -21,8 +21,8 @@ from PIL import Image
 from captum_gscorecam.app import build_app, parse_prompts
 from captum_gscorecam.cli import main
 from captum_gscorecam.clip import CLIPSimilarity, encode_text
-from captum_gscorecam.explain import explain_photo
 from captum_gscorecam.methods import explain_maps
+from captum_gscorecam.photos import explain_photo
 from captum_gscorecam.shapes import load_shapes_clip, render_scene
 from captum_gscorecam.visualization import to_photo
 

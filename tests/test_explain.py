@@ -11,8 +11,8 @@ from PIL import Image
 from torchvision import transforms
 
 from captum_gscorecam.clip import CLIPSimilarity
-from captum_gscorecam.explain import explain_photo
 from captum_gscorecam.methods import explain_maps
+from captum_gscorecam.photos import explain_photo
 from captum_gscorecam.visualization import to_photo
 
 

@@ -235,8 +235,8 @@ def _explain_photo(
     """One photo: its maps placed on it, its figure, its ``.npy``; returns its CLIP scores."""
     import numpy as np
 
-    from captum_gscorecam.explain import explain_photo
     from captum_gscorecam.images import read_image
+    from captum_gscorecam.photos import explain_photo
     from captum_gscorecam.visualization import photo_figure
 
     try:

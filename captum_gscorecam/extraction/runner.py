@@ -300,7 +300,7 @@ class _Work:
         append_line(self.out_dir / "parts" / f"failed.rank{rank}.jsonl", line)
 
     def _explain(self, photo: Photo, image: Any, texts: Sequence[str]) -> dict[str, object]:
-        from captum_gscorecam.explain import explain_photo
+        from captum_gscorecam.photos import explain_photo
 
         method, config = str(self.config["method"]), self.config
         maps, scores = explain_photo(

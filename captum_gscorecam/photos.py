@@ -42,13 +42,37 @@ def explain_photo(
     perturbations_per_eval: int | None = None,
     precision: str | torch.dtype | None = None,
 ) -> PhotoExplanation:
-    """Explain ``photo`` against each of the prompts ``text`` ``(T, D)`` with ``method``.
+    r"""Explain ``photo`` against each of the prompts ``text`` with ``method``.
 
-    The photo goes through ``preprocess`` (a torchvision ``Compose``, as ``load_clip`` returns)
-    onto the model's device; ``methods.explain_maps`` makes the maps (``topk``, ``layer``,
-    ``perturbations_per_eval`` and ``precision`` mean what they mean there),
-    ``visualization.PhotoMaps`` places them on the photo, one prompt at a time when asked, so
-    a large photo with many prompts holds one map at its size, not ``T``.
+    The photo goes through ``preprocess`` onto the model's device;
+    :func:`~captum_gscorecam.methods.explain_maps` makes the maps,
+    :class:`~captum_gscorecam.visualization.PhotoMaps` places them on the photo, one prompt at a
+    time when asked, so a large photo with many prompts holds one map at its size, not ``T``.
+
+    Args:
+
+        model (torch.nn.Module): A CLIP model (open_clip or Hugging Face).
+        preprocess (Callable): A torchvision ``Compose``, as ``load_clip`` returns.
+        photo (PIL.Image.Image): The photo.
+        text (Tensor): Text embeddings ``(T, D)``, one per prompt.
+        method (str): A key of the registry (``registry.SPECS``).
+        topk (int or float, optional): gScoreCAM's channel count or fraction.
+                    Default: None (the tower's default)
+        show_progress (bool, optional): A progress bar, for the methods that have one.
+                    Default: False
+        layer (torch.nn.Module, optional): The layer of a method that takes one.
+                    Default: None (the method's default)
+        perturbations_per_eval (int, optional): Masked or occluded images per forward pass.
+                    Default: None (the method's default)
+        precision (str or torch.dtype, optional): The precision of the masked passes of the
+                    methods that have them.
+                    Default: None (fp32)
+
+    Returns:
+        *PhotoExplanation*: the maps on the photo and the CLIP score of each prompt.
+
+    Raises:
+        ValueError: ``method`` is unknown or cannot explain ``model``, or a bad option.
     """
     device = next(model.parameters()).device
     images = preprocess(photo)[None].to(device)
