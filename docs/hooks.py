@@ -309,7 +309,7 @@ def test_functions(path: Path) -> int:
 
 def constant(name: str) -> Any:
     """The literal value a module of the package or of the tests assigns to ``name``."""
-    for path in [*sorted((ROOT / PACKAGE).rglob("*.py")), *sorted((ROOT / "tests").glob("*.py"))]:
+    for path in [*sorted((ROOT / PACKAGE).rglob("*.py")), *sorted((ROOT / "tests").rglob("*.py"))]:
         for node in ast.parse(path.read_text()).body:
             targets = node.targets if isinstance(node, ast.Assign) else []
             if isinstance(node, ast.AnnAssign):
@@ -338,7 +338,7 @@ def fill(markdown: str, page: str) -> str:
         if name == "tests":
             return str(test_functions(ROOT / argument))
         if name == "tests_total":
-            return str(sum(test_functions(p) for p in (ROOT / "tests").glob("test_*.py")))
+            return str(sum(test_functions(p) for p in (ROOT / "tests").rglob("test_*.py")))
         if name == "constant":
             return str(constant(argument))
         if name == "percent":

@@ -1,36 +1,20 @@
-"""Small real open_clip architectures with random weights, and a reference implementation."""
+"""Fixtures every test folder shares; the plain builders they use live in ``tests.helpers``."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import open_clip
 import pytest
 import torch
-import torch.nn.functional as F
-from open_clip.model import CLIPTextCfg, CLIPVisionCfg
-from torch import nn
 
-from captum_gscorecam import default_layer
+from captum_gscorecam.evaluation import evaluate, shapes_examples
+from captum_gscorecam.shapes.models import make_preprocess
+from tests.helpers import EVAL_SEEDS, EVAL_SIZE, tiny_eval_vit, tiny_rn, tiny_vit
 
 # The test models are tiny: one thread is as fast, and immune to a busy second core (OpenMP
 # threads spin-waiting on a descheduled peer made the suite 50x slower on a loaded machine).
 torch.set_num_threads(1)
-
-TEXT_CFG = CLIPTextCfg(context_length=16, vocab_size=49408, width=32, heads=2, layers=1)
-
-
-def tiny_rn(seed: int = 0) -> open_clip.CLIP:
-    """A ModifiedResNet CLIP at 64 px: layer4 is (N, 256, 2, 2); layer3 is (N, 128, 4, 4)."""
-    torch.manual_seed(seed)
-    vision = CLIPVisionCfg(layers=(1, 1, 1, 1), width=8, head_width=8, image_size=64)
-    return open_clip.CLIP(embed_dim=32, vision_cfg=vision, text_cfg=TEXT_CFG).eval()
-
-
-def tiny_vit(seed: int = 0, **vision_kwargs: object) -> open_clip.CLIP:
-    """A ViT CLIP at 32 px, 8 px patches: a 4 x 4 grid of 32-wide tokens and the class token."""
-    torch.manual_seed(seed)
-    cfg = {"layers": 2, "width": 32, "head_width": 16, "patch_size": 8, "image_size": 32}
-    cfg.update(vision_kwargs)
-    return open_clip.CLIP(embed_dim=32, vision_cfg=CLIPVisionCfg(**cfg), text_cfg=TEXT_CFG).eval()
 
 
 @pytest.fixture(scope="session")
@@ -48,52 +32,28 @@ def tokenizer():
     return open_clip.get_tokenizer("RN50", context_length=16)
 
 
-def images_for(model: nn.Module, n: int, seed: int = 0) -> torch.Tensor:
-    size = model.visual.image_size
-    size = size[0] if isinstance(size, tuple) else size
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+# evaluate on shapes scenes: a tiny ViT at the scenes' size, their examples, one call
 
 
-def texts(n: int, t: int, seed: int = 1, width: int = 32) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return F.normalize(torch.randn(n, t, width, generator=g), dim=-1)
+@pytest.fixture(scope="session")
+def eval_model() -> open_clip.CLIP:
+    """A tiny ViT at the shapes scenes' size (``EVAL_SIZE``), 16 px patches."""
+    return tiny_eval_vit()
 
 
-def reference_gscorecam(
-    model: nn.Module, image: torch.Tensor, text: torch.Tensor, topk: int | None
-) -> torch.Tensor:
-    """The algorithm as the paper states it, one image and one prompt at a time, no batching.
+@pytest.fixture(scope="session")
+def eval_examples() -> list:
+    """The examples of three held-out shapes scenes with one or two objects."""
+    return shapes_examples(EVAL_SEEDS, (1, 2), EVAL_SIZE)
 
-    ``image`` (3, H, W), ``text`` (D,); returns (h, w).
-    """
-    layer = default_layer(model)
-    scale = model.logit_scale.exp()
 
-    def score(x: torch.Tensor) -> torch.Tensor:
-        return scale * F.cosine_similarity(model.encode_image(x), text[None], dim=-1)
+@pytest.fixture
+def run_evaluate(tokenizer) -> Callable[..., dict]:
+    """``evaluate`` with the shapes preprocess and the shared tokenizer bound:
+    ``run(model, examples, out, methods, topk=0.1, **kwargs)``."""
 
-    store = {}
-    handle = layer.register_forward_hook(lambda _m, _i, out: store.update(out=out))
-    try:
-        x = image[None].clone().requires_grad_(True)
-        s = score(x)[0]
-    finally:
-        handle.remove()
-    out = store["out"]
-    (grad,) = torch.autograd.grad(s, out)
-    if out.dim() == 4:
-        acts, alpha = out[0].detach(), grad[0].mean(dim=(1, 2))
-    else:  # open_clip ViT, batch first, class token pooled: gradient at the class token
-        side = int((out.shape[1] - 1) ** 0.5)
-        acts = out[0, 1:].detach().T.reshape(-1, side, side)
-        alpha = grad[0, 0]
-    channels = range(acts.shape[0]) if topk is None else alpha.argsort(descending=True)[:topk]
-    masked, maps = [], []
-    with torch.no_grad():
-        for c in channels:
-            up = F.interpolate(acts[c][None, None], size=image.shape[1:], mode="bilinear")
-            mask = (up - up.min()) / (up.max() - up.min() + 1e-6)
-            masked.append(image[None] * mask)
-            maps.append(acts[c])
-        weights = torch.softmax(score(torch.cat(masked)), dim=0)  # one batch: the formula as is
-        return F.relu((weights[:, None, None] * torch.stack(maps)).sum(0))
+    def run(model, examples, out, methods, topk=0.1, **kwargs) -> dict:
+        preprocess = make_preprocess(EVAL_SIZE)
+        return evaluate(model, preprocess, tokenizer, examples, list(methods), topk, out, **kwargs)
+
+    return run

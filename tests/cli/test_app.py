@@ -1,0 +1,434 @@
+"""The web app (``gscorecam app``): its functions through gradio_client against a server on
+127.0.0.1 (a free port) in this process, and the page served by the ``gscorecam app`` command in
+headless Chromium; both with the bundled shapes-rn model.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from captum_gscorecam.app import build_app, parse_prompts
+from captum_gscorecam.cli import main
+from captum_gscorecam.clip import CLIPSimilarity, encode_text
+from captum_gscorecam.methods import explain_maps
+from captum_gscorecam.photos import explain_photo
+from captum_gscorecam.shapes import load_shapes_clip, render_scene
+from captum_gscorecam.visualization import to_photo
+from tests.helpers import ROOT
+
+SCENE_SEED = 10_000_007
+# gradio's queue calls pandas options that pandas 3 deprecates; not ours to fix
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting' is deprecated"),
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
+]
+NEEDS_GRADIO = "the app needs the [app] extra (gradio, gradio_client)"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    pytest.importorskip("gradio", reason=NEEDS_GRADIO)
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    page = build_app("shapes-rn")
+    port = _free_port()
+    page.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        page.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    gradio_client = pytest.importorskip("gradio_client", reason=NEEDS_GRADIO)
+    return gradio_client.Client(server, verbose=False)
+
+
+def _app_error() -> type[Exception]:
+    from gradio_client.exceptions import AppError
+
+    return AppError
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> Path:
+    """A held-out scene stretched to a non-square 320 x 240 photo."""
+    scene = render_scene(SCENE_SEED, 3)
+    path = tmp_path_factory.mktemp("photo") / "scene.png"
+    Image.fromarray(scene.image).resize((320, 240), Image.Resampling.BICUBIC).save(path)
+    return path
+
+
+def _explain(client, path, prompts, method="gscorecam", topk="", precision="fp32"):
+    from gradio_client import handle_file
+
+    return client.predict(
+        handle_file(str(path)), prompts, method, topk, precision, api_name="/explain"
+    )
+
+
+def test_maps_and_scores_are_the_librarys_on_the_photo(client, photo):
+    captions = render_scene(SCENE_SEED, 3).captions
+    gallery, scores, status, maps_path = _explain(client, photo, "\n".join(captions), topk="0.1")
+    model, preprocess, tokenizer = load_shapes_clip("rn")
+    image = Image.open(photo).convert("RGB")
+    images = preprocess(image)[None]
+    text = encode_text(model, tokenizer, captions)[None]
+    expected = to_photo(
+        explain_maps(model, images, text, "gscorecam", 0.1)[0], (320, 240), preprocess
+    )
+    maps = np.load(maps_path)
+    assert maps.dtype == np.float32
+    assert maps.shape == (3, 240, 320)
+    np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        expected_scores = CLIPSimilarity(model)(images, text)[0].numpy()
+    assert [row[0] for row in scores["data"]] == captions
+    np.testing.assert_allclose(
+        [row[1] for row in scores["data"]], expected_scores, atol=0.0051
+    )  # 2 d.p.
+    assert len(gallery) == 3
+    for item, caption, score in zip(gallery, captions, expected_scores, strict=True):
+        assert Image.open(item["image"]).size == (320, 240)  # the overlay is on the photo
+        assert item["caption"] == f"{caption}: {score:.2f}"
+    assert status.startswith("gScoreCAM on 3 prompts (fp32 masked passes): **")
+
+
+def test_the_precision_reaches_the_masked_passes(client, photo):
+    captions = render_scene(SCENE_SEED, 3).captions
+    _, _, status, maps_path = _explain(client, photo, "\n".join(captions), precision="bf16")
+    assert status.startswith("gScoreCAM on 3 prompts (bf16 masked passes): **")
+    model, preprocess, tokenizer = load_shapes_clip("rn")
+    image = Image.open(photo).convert("RGB")
+    text = encode_text(model, tokenizer, captions)
+    expected = explain_photo(model, preprocess, image, text, "gscorecam", precision="bf16").maps
+    exact = explain_photo(model, preprocess, image, text, "gscorecam").maps
+    maps = np.load(maps_path)
+    np.testing.assert_allclose(maps, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
+    assert not np.array_equal(maps, exact)  # the bf16 tower ran, not the exact path
+    _, _, status, _ = _explain(client, photo, "a red circle", method="gradcam", precision="bf16")
+    assert status.startswith("LayerGradCam on 1 prompt: **")  # no masked passes to speak of
+
+
+def test_a_bundled_scene_fills_the_photo_and_the_prompts(client):
+    path, prompts = client.predict(SCENE_SEED, 4, api_name="/scene")
+    scene = render_scene(SCENE_SEED, 4)
+    np.testing.assert_array_equal(np.asarray(Image.open(path)), scene.image)
+    assert prompts.splitlines() == scene.captions
+    gallery, scores, _, _ = _explain(client, path, prompts, method="gradcam")
+    assert len(gallery) == len(scores["data"]) == 4
+
+
+@pytest.mark.parametrize(
+    ("prompts", "topk", "message"),
+    [
+        ("  \n \n", "", "prompts: type at least one prompt, one per line"),
+        ("a red circle", "0", "k: expected a channel count"),
+        ("a red circle", "1.5", "k: expected a channel count"),
+        ("a red circle", "many", "k: expected a channel count (300) or a fraction"),
+    ],
+)
+def test_bad_text_is_a_message_in_the_page(client, photo, prompts, topk, message):
+    with pytest.raises(_app_error()) as error:
+        _explain(client, photo, prompts, topk=topk)
+    assert message in str(error.value)
+    assert "Traceback" not in str(error.value)
+
+
+def test_a_file_that_is_not_an_image_is_a_message_in_the_page(client, tmp_path):
+    fake = tmp_path / "notes.png"
+    fake.write_text("not a picture")
+    from gradio_client import handle_file
+
+    with pytest.raises(_app_error(), match="image: not an image file: notes"):
+        _explain(client, fake, "a red circle")
+    with pytest.raises(_app_error(), match="image: not an image file: notes"):
+        client.predict(handle_file(str(fake)), api_name="/preview")
+
+
+def test_prompts_are_one_per_line():
+    assert parse_prompts(" a dog, sitting \n\n a cat\n") == ["a dog, sitting", "a cat"]
+    with pytest.raises(ValueError, match="prompts"):
+        parse_prompts("\n  ")
+
+
+def test_app_help_names_every_option_and_its_default(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["app", "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--model", "--pretrained", "--device", "--host", "--port"):
+        assert option in out
+    assert "(default: 127.0.0.1)" in out
+    assert "(default: 7860)" in out
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "http"])
+def test_a_bad_port_is_refused_as_it_is_parsed(capsys, port):
+    with pytest.raises(SystemExit) as exited:
+        main(["app", "--port", port])
+    assert exited.value.code == 2
+    assert "argument --port: expected a port from 1 to 65535" in capsys.readouterr().err
+
+
+def test_without_gradio_the_command_names_the_extra(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio raises ImportError
+    assert main(["app", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == (
+        "gscorecam app: error: the web app needs gradio: pip install 'captum-gscorecam[app]'\n"
+    )
+
+
+def test_a_port_in_use_is_one_line(server, capsys):
+    port = server.rstrip("/").rsplit(":", 1)[1]
+    assert main(["app", "--port", port, "--device", "cpu", "--model", "shapes-rn"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"gscorecam app: error: argument --port: cannot serve on 127.0.0.1:{port}"
+    )
+    assert err.count("\n") == 1
+
+
+@pytest.fixture(scope="module")
+def command_server(tmp_path_factory):
+    """``python -m captum_gscorecam app`` on a free port, as a user starts it."""
+    pytest.importorskip("gradio", reason=NEEDS_GRADIO)
+    port = _free_port()
+    log = tmp_path_factory.mktemp("app") / "app.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "captum_gscorecam", "app", "--port", str(port), "--device",
+             "cpu", "--model", "shapes-rn"],
+            stdout=out, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while "serving shapes-rn on http://127.0.0.1:" not in log.read_text():
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _chromium() -> tuple[str | None, str | None]:
+    browser = next(
+        (shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None
+    )
+    return browser, shutil.which("chromedriver")
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(
+    None in _chromium(),
+    reason="needs Chromium and chromedriver (Debian: apt-get install chromium chromium-driver)",
+)
+def test_the_page_in_a_real_browser(command_server, photo, tmp_path, monkeypatch):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    monkeypatch.setenv("SE_AVOID_STATS", "true")
+    browser, driver_path = _chromium()
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1280,1400",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(driver_path), options=options)
+    try:
+        driver.get(command_server)
+        wait = WebDriverWait(driver, 60)
+        upload = wait.until(
+            ec.presence_of_element_located((By.CSS_SELECTOR, "#photo input[type=file]"))
+        )
+        upload.send_keys(str(photo))
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#preview img")))
+        driver.find_element(By.CSS_SELECTOR, "#prompts textarea").send_keys(
+            "a red circle\na blue square"
+        )
+        driver.find_element(By.CSS_SELECTOR, "#explain").click()
+        overlay = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#overlays img")))
+        wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, "#scores"), "a blue square"))
+        wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, "#status"), " s"))
+        driver.save_screenshot(str(tmp_path / "app.png"))
+        loaded = driver.execute_script(
+            "return arguments[0].complete && arguments[0].naturalWidth", overlay
+        )
+        scores = driver.find_element(By.CSS_SELECTOR, "#scores").text
+        status = driver.find_element(By.CSS_SELECTOR, "#status").text
+    finally:
+        driver.quit()
+    assert loaded > 0  # the overlay image was decoded, not a broken link
+    assert "a red circle" in scores
+    assert any(_is_number(word) for word in scores.split())
+    assert status.startswith("gScoreCAM on 2 prompts (")
+    assert (tmp_path / "app.png").stat().st_size > 10_000
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+# Inputs checked and named, the temporary folder cleaned, large photos drawn downscaled
+
+
+def test_k_for_a_method_without_k_is_refused_as_the_command_line_does(client, photo):
+    with pytest.raises(_app_error(), match="k: ScoreCAM does not use k; it applies to gScoreCAM"):
+        _explain(client, photo, "a red circle", method="scorecam", topk="0.5")
+
+
+def _bare_explainer():
+    """The page's callbacks without a model: enough for what is refused before it is used."""
+    pytest.importorskip("gradio", reason=NEEDS_GRADIO)
+    from captum_gscorecam.app import _Explainer
+
+    return _Explainer(None, None, None, "cpu")
+
+
+@pytest.mark.parametrize(
+    ("seed", "objects", "message"),
+    [
+        (float("inf"), 3, "seed: expected a whole number from 0 to 9223372036854775807, got inf"),
+        (1e300, 3, "seed: expected a whole number from 0 to 9223372036854775807, got 1e+300"),
+        (float("nan"), 3, "seed: expected a whole number from 0 to 9223372036854775807, got nan"),
+        (-5, 3, "seed: expected a whole number from 0 to 9223372036854775807, got -5"),
+        (None, 3, "seed: expected a whole number from 0 to 9223372036854775807, got None"),
+        (2.5, 3, "seed: expected a whole number from 0 to 9223372036854775807, got 2.5"),
+        (7, 0, "objects: expected a whole number from 1 to 6, got 0"),
+        (7, 6.5, "objects: expected a whole number from 1 to 6, got 6.5"),
+    ],
+)
+def test_scene_seeds_and_counts_are_checked_and_named(seed, objects, message):
+    import gradio as gr
+
+    explainer = _bare_explainer()
+    with pytest.raises(gr.Error) as error:
+        explainer.scene(seed, objects)
+    assert str(error.value.message) == message
+    assert os.listdir(explainer.folder) == []
+    path, prompts = explainer.scene(7.0, 2)  # a whole float, as gr.Number gives it
+    assert Path(path).name == "scene-7-2.png"
+    assert len(prompts.splitlines()) == 2
+
+
+def test_a_fifo_upload_is_refused_without_blocking(tmp_path):
+    import threading
+
+    import gradio as gr
+
+    explainer = _bare_explainer()
+    fifo = tmp_path / "photo.png"
+    os.mkfifo(fifo)
+    outcome = []
+
+    def call() -> None:
+        try:
+            explainer.explain(str(fifo), "a red circle", "gscorecam", "", "fp32", lambda *a, **k: 0)
+        except gr.Error as error:
+            outcome.append(str(error.message))
+
+    worker = threading.Thread(target=call, daemon=True)
+    worker.start()
+    worker.join(30)
+    if worker.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("the app blocked on a FIFO")
+    assert outcome == ["image: photo.png is a FIFO (named pipe), not a photo file"]
+
+
+def _app_folders(pid: int) -> set[Path]:
+    import tempfile
+
+    return set(Path(tempfile.gettempdir()).glob(f"gscorecam-app-{pid}-*"))
+
+
+def test_close_removes_the_temporary_folder_and_dead_apps_folders_are_swept():
+    import tempfile
+
+    pytest.importorskip("gradio", reason=NEEDS_GRADIO)
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)  # fmt: skip
+    dead = Path(tempfile.mkdtemp(prefix=f"gscorecam-app-{finished.stdout.strip()}-"))
+    (dead / "gscorecam-maps.npy").write_bytes(b"maps of a killed app")
+    alive = Path(tempfile.mkdtemp(prefix=f"gscorecam-app-{os.getppid()}-"))
+    before = _app_folders(os.getpid())
+    page = build_app("shapes-rn")
+    assert not dead.exists()  # its process is gone
+    assert alive.exists()  # its process runs: left alone
+    alive.rmdir()
+    (new,) = _app_folders(os.getpid()) - before
+    assert new.is_dir()
+    page.close()
+    assert not new.exists()
+
+
+def test_sigterm_stops_as_ctrl_c_and_the_exit_removes_the_folder(tmp_path):
+    """``gscorecam app`` turns SIGTERM into KeyboardInterrupt (Gradio's block_thread then closes
+    the server and returns); the interpreter's exit removes the folder."""
+    code = (
+        "import signal, sys, time\n"
+        "from captum_gscorecam.app import _Explainer\n"
+        "from captum_gscorecam.cli.app import _interrupt\n"
+        "signal.signal(signal.SIGTERM, _interrupt)\n"
+        "explainer = _Explainer(None, None, None, 'cpu')\n"
+        "(explainer.folder / 'gscorecam-maps.npy').write_bytes(b'maps')\n"
+        "try:\n"
+        "    print(explainer.folder, flush=True)\n"
+        "    time.sleep(120)\n"
+        "except KeyboardInterrupt:\n"
+        "    sys.exit(0)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    process = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        folder = Path(process.stdout.readline().strip())
+        assert folder.is_dir()
+        process.terminate()
+        assert process.wait(timeout=60) == 0
+    finally:
+        process.kill()
+    assert not folder.exists()
+
+
+def test_a_photo_over_the_display_limit_is_drawn_downscaled(client, photo, monkeypatch):
+    monkeypatch.setattr("captum_gscorecam.images.DISPLAY_MAX_PIXELS", 320 * 240 // 4)
+    gallery, _, _, download = _explain(client, photo, "a red circle\na blue square")
+    assert [Image.open(item["image"]).size for item in gallery] == [(160, 120)] * 2
+    assert np.load(download).shape == (2, 240, 320)  # the maps keep the photo's resolution
