@@ -72,21 +72,6 @@ def tower(request):
     return request.param, build(), size, channels, grid, path
 
 
-def snapshot(model: nn.Module):
-    return (
-        [m.training for m in model.modules()],
-        [p.requires_grad for p in model.parameters()],
-        [p.grad for p in model.parameters()],
-    )
-
-
-def hooks(model: nn.Module) -> list[tuple[int, int, int]]:
-    return [
-        (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
-        for m in model.modules()
-    ]
-
-
 def test_default_layer_and_grid(tower):
     name, model, _, _, grid, path = tower
     assert is_clip_model(model)
@@ -133,19 +118,19 @@ def test_shape_nonnegative_and_all_channels_equal_scorecam(tower):
     assert GScoreCAM(model, layer).attribute(x, target=text[:, 0], topk=3).shape == (2, 1, *grid)
 
 
-def test_model_left_as_found(tower):
+def test_model_left_as_found(tower, model_state):
     _, model, size, _, _, _ = tower
     model.train()
     for i, p in enumerate(model.parameters()):
         p.requires_grad_(i % 3 != 0)
-    before, hooks_before = snapshot(model), hooks(model)
+    before = model_state(model)
     try:
         GScoreCAM(model, default_layer(model)).attribute(
             images(1, size), target=texts(1, 1, width=WIDTH), topk=4
         )
-        assert snapshot(model)[:2] == before[:2]
-        assert all(g is None for g in snapshot(model)[2])
-        assert hooks(model) == hooks_before
+        after = model_state(model)
+        assert after == before  # modes, requires_grad, hooks, ...
+        assert all(g is None for g in after["grads"])
         assert not default_layer(model)._forward_hooks
     finally:
         model.eval().requires_grad_(True)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -36,18 +35,12 @@ pytestmark = [
 NEEDS_GRADIO = "the app needs the [app] extra (gradio, gradio_client)"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server():
+def server(free_port):
     pytest.importorskip("gradio", reason=NEEDS_GRADIO)
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     page = build_app("shapes-rn")
-    port = _free_port()
+    port = free_port()
     page.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         yield f"http://127.0.0.1:{port}/"
@@ -207,10 +200,10 @@ def test_a_port_in_use_is_one_line(server, capsys):
 
 
 @pytest.fixture(scope="module")
-def command_server(tmp_path_factory):
+def command_server(tmp_path_factory, free_port):
     """``python -m captum_gscorecam app`` on a free port, as a user starts it."""
     pytest.importorskip("gradio", reason=NEEDS_GRADIO)
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("app") / "app.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with log.open("w") as out:

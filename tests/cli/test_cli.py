@@ -36,16 +36,6 @@ def scene_png(tmp_path_factory):
     return path, scene
 
 
-@pytest.fixture
-def no_model(monkeypatch):
-    """Fail the test if the command gets as far as loading a model."""
-
-    def load_model(*args: object) -> None:
-        pytest.fail(f"a model was loaded for a command that should have been refused: {args}")
-
-    monkeypatch.setattr(loading, "load_model", load_model)
-
-
 def one_line_error(capsys, command: str = "explain") -> str:
     """The command's stderr, checked to be one line ``gscorecam <command>: error: ...``."""
     err = capsys.readouterr().err
@@ -99,11 +89,11 @@ def cropping(preprocess: transforms.Compose) -> transforms.Compose:
     return transforms.Compose([first, transforms.Resize(side), transforms.CenterCrop(side), *rest])
 
 
-def test_explain_a_folder_puts_maps_on_the_full_photo(tmp_path, capsys, monkeypatch):
+def test_explain_a_folder_puts_maps_on_the_full_photo(tmp_path, capsys, loaded_model):
     """A wide photo, centre-cropped by the model: the saved map has the photo's own size, NaN on
     the cut sides, and peaks on the planted object (at its place in the photo, not the crop)."""
     model, preprocess, tokenizer = load_clip("shapes-rn")
-    monkeypatch.setattr(loading, "load_model", lambda *a: (model, cropping(preprocess), tokenizer))
+    loaded_model(model, cropping(preprocess), tokenizer)
     scene = render_scene(10_000_007, n_objects=1)  # 224 x 224, a red circle right of centre
     pad = 112
     wide = np.zeros((224, 224 + 2 * pad, 3), np.uint8)
@@ -139,9 +129,9 @@ def test_explain_a_folder_puts_maps_on_the_full_photo(tmp_path, capsys, monkeypa
     assert str(tmp_path / "figures" / "scores.csv") in printed
 
 
-def test_no_crop_squashes_instead(tmp_path, monkeypatch):
+def test_no_crop_squashes_instead(tmp_path, loaded_model):
     model, preprocess, tokenizer = load_clip("shapes-rn")
-    monkeypatch.setattr(loading, "load_model", lambda *a: (model, cropping(preprocess), tokenizer))
+    loaded_model(model, cropping(preprocess), tokenizer)
     Image.fromarray(np.full((64, 128, 3), 200, np.uint8)).save(tmp_path / "wide.png")
     argv = ["explain", str(tmp_path / "wide.png"), "--prompt", "a red circle", "--no-crop"]
     argv += ["--out", str(tmp_path / "out.png"), "--save-maps", str(tmp_path / "maps")]

@@ -90,21 +90,21 @@ def test_captum_targets_equal_text_targets(vit, method):
 
 @pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("tower", list(TOWERS))
-def test_every_tower_gives_maps_or_a_named_refusal(method, tower):
+def test_every_tower_gives_maps_or_a_named_refusal(method, tower, model_state):
     build, size, _, grid, _ = TOWERS[tower]
     model = build()
     if (method, tower) in REFUSED:
         with pytest.raises(ValueError, match=f"forward_func: .*{REFUSED[method, tower]}"):
             METHODS[method](model)
         return
-    before = state(model)
+    before = model_state(model)
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     maps = METHODS[method](model).attribute(x, target=texts(2, 2, width=WIDTH))
     assert maps.shape == (2, 2, *grid)
     assert (maps >= 0).all()
     assert maps.isfinite().all()
     assert maps.sum() > 0
-    assert state(model) == before
+    assert model_state(model) == before
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -115,46 +115,27 @@ def test_a_resnet_tower_and_a_plain_callable_are_named_errors(method):
         METHODS[method](lambda x: x)
 
 
-def state(model: nn.Module) -> tuple:
-    """Modes, requires_grad, gradients, hooks, patched forwards, the attention implementation."""
-    config = getattr(model, "config", None)
-    return (
-        [m.training for m in model.modules()],
-        [p.requires_grad for p in model.parameters()],
-        [p.grad for p in model.parameters()],
-        [
-            (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
-            for m in model.modules()
-        ],
-        [
-            sorted(k for k in ("forward", "embed_images") if k in m.__dict__)
-            for m in model.modules()
-        ],
-        getattr(config, "_attn_implementation", None),
-    )
-
-
 @pytest.mark.parametrize("method", list(METHODS))
-def test_model_left_as_found_after_success_and_error(method):
+def test_model_left_as_found_after_success_and_error(method, model_state):
     model = tiny_vit(seed=5, layers=2).train()
     model.visual.transformer.resblocks[0].requires_grad_(False)
     classifier = ZeroShotClassifier(model, texts(1, 2, seed=6)[0])
-    before = state(classifier)
+    before = model_state(classifier)
     cam = METHODS[method](classifier)
     cam.attribute(images_for(model, 2), target=1)
-    assert state(classifier) == before
+    assert model_state(classifier) == before
     with pytest.raises(ValueError, match="target"):
         cam.attribute(images_for(model, 2), target=5)  # no such prompt
-    assert state(classifier) == before
+    assert model_state(classifier) == before
     with pytest.raises(ValueError, match="inputs"):
         cam.attribute(images_for(model, 2)[0], target=1)
-    assert state(classifier) == before
+    assert model_state(classifier) == before
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-def test_hf_attention_implementation_and_forwards_restored_after_a_failed_pass(method):
+def test_hf_attention_implementation_and_forwards_restored_after_a_failed_pass(method, model_state):
     model = hf_clip(seed=3).train()  # sdpa attention
-    before = state(model)
+    before = model_state(model)
 
     def fail(*_):
         raise RuntimeError("tower failed")
@@ -165,7 +146,7 @@ def test_hf_attention_implementation_and_forwards_restored_after_a_failed_pass(m
             METHODS[method](model).attribute(images_for(tiny_vit(), 1), target=texts(1, 1)[:, 0])
     finally:
         handle.remove()
-    assert state(model) == before
+    assert model_state(model) == before
 
 
 @pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
@@ -181,9 +162,9 @@ def test_same_maps_under_no_grad_and_inference_mode(vit, method, context):
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-def test_threads_sharing_a_model_get_sequential_maps(method):
+def test_threads_sharing_a_model_get_sequential_maps(method, model_state):
     model = tiny_vit(seed=6, layers=2).train()
-    before = state(model)
+    before = model_state(model)
     jobs = [(images_for(model, 1, seed=s), texts(1, 2, seed=s + 50)) for s in range(8)]
     cam = METHODS[method](model)
     sequential = [cam.attribute(x, target=text) for x, text in jobs]
@@ -208,7 +189,7 @@ def test_threads_sharing_a_model_get_sequential_maps(method):
     assert errors == []
     for i, expected in enumerate(sequential):
         torch.testing.assert_close(results[i], expected, atol=0, rtol=0)
-    assert state(model) == before
+    assert model_state(model) == before
 
 
 @pytest.mark.parametrize("method", ["legrad", "rollout"])

@@ -320,15 +320,6 @@ def call_with(label: str, part: str, name: str, value: object) -> None:
     cls(**init).attribute(**attribute)
 
 
-def state(model: nn.Module) -> tuple:
-    return (
-        [m.training for m in model.modules()],
-        [p.requires_grad for p in model.parameters()],
-        [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()],
-        ["forward" in m.__dict__ for m in model.modules()],
-    )
-
-
 def raised(function: Callable[[], None]) -> Exception | None:
     try:
         function()
@@ -340,10 +331,10 @@ def raised(function: Callable[[], None]) -> Exception | None:
 @pytest.mark.parametrize(("label", "part", "name"), CASES)
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=True)
 @given(value=BAD)
-def test_bad_values_raise_an_error_naming_the_argument(label, part, name, value):
-    before = state(MODEL)
+def test_bad_values_raise_an_error_naming_the_argument(label, part, name, value, model_state):
+    before = model_state(MODEL)
     error = raised(lambda: call_with(label, part, name, value))
-    assert state(MODEL) == before
+    assert model_state(MODEL) == before
     if error is not None:
         assert isinstance(error, TypeError | ValueError), f"{type(error).__name__}: {error}"
         # "argument: what was expected", naming this argument (first, or as the culprit of

@@ -148,28 +148,16 @@ def test_captum_target_indexes_the_similarity_output(vit):
     torch.testing.assert_close(got, expected)
 
 
-def _state(model):
-    return (
-        [m.training for m in model.modules()],
-        [p.requires_grad for p in model.parameters()],
-        [p.grad for p in model.parameters()],
-        [
-            (len(m._forward_hooks), len(m._forward_pre_hooks), "forward" in m.__dict__)
-            for m in model.modules()
-        ],
-    )
-
-
-def test_model_left_as_found_after_success_and_error():
+def test_model_left_as_found_after_success_and_error(model_state):
     model = tiny_vit(layers=2).train()
     model.visual.transformer.resblocks[0].requires_grad_(False)
-    before = _state(model)
+    before = model_state(model)
     cam = HilaCAM(model)
     cam.attribute(images_for(model, 2), target=texts(2, 1)[:, 0])
-    assert _state(model) == before
+    assert model_state(model) == before
     with pytest.raises(ValueError, match="target"):
         cam.attribute(images_for(model, 2), target=torch.randn(2, 7))  # wrong width
-    assert _state(model) == before
+    assert model_state(model) == before
 
 
 def test_errors_name_the_argument(vit):

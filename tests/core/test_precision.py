@@ -28,16 +28,6 @@ BUILDERS = {"rn": tiny_rn, "vit": tiny_vit}
 WEIGHT_L1_TOLERANCE = 0.02
 
 
-def state(model: nn.Module) -> list[object]:
-    """Everything a call must leave as it was: dtypes, modes, requires_grad, hooks, values."""
-    return [
-        [(name, p.dtype, p.requires_grad, p.data_ptr()) for name, p in model.named_parameters()],
-        [(name, b.dtype) for name, b in model.named_buffers()],
-        [m.training for m in model.modules()],
-        [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()],
-    ]
-
-
 def activation_scale(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``max |A|`` of each image's default-layer activations, shaped ``(N, 1, 1, 1)``."""
     outputs = []
@@ -60,11 +50,13 @@ def activation_scale(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     prompts=st.integers(1, 3),
     method=st.sampled_from(["gscorecam", "scorecam"]),
 )
-def test_bf16_maps_equal_fp32_maps_within_tolerance(name, seed, topk, chunk, prompts, method):
+def test_bf16_maps_equal_fp32_maps_within_tolerance(
+    name, seed, topk, chunk, prompts, method, model_state
+):
     model = BUILDERS[name](seed)
     x = images_for(model, 2, seed=seed)
     text = texts(2, prompts, seed=seed + 1)
-    before = state(model)
+    before = model_state(model)
     if method == "gscorecam":
         cam = GScoreCAM(model, default_layer(model))
 
@@ -82,7 +74,7 @@ def test_bf16_maps_equal_fp32_maps_within_tolerance(name, seed, topk, chunk, pro
     assert reduced.shape == full.shape
     error = (reduced - full).abs() / activation_scale(model, x)
     assert float(error.max()) <= WEIGHT_L1_TOLERANCE
-    assert state(model) == before
+    assert model_state(model) == before
     assert cam.reduced_tower.dtype == torch.bfloat16
 
 
@@ -128,19 +120,19 @@ def test_the_copy_goes_with_the_attribution_object(rn):
 
 
 @pytest.mark.parametrize("name", sorted(TOWERS))
-def test_every_tower_has_a_reduced_copy(name):
+def test_every_tower_has_a_reduced_copy(name, model_state):
     build, size, *_ = TOWERS[name]
     model = build()
     x = images(2, size)
     text = texts(2, 2)
-    before = state(model)
+    before = model_state(model)
     cam = ScoreCAM(model, default_layer(model))
     full = cam.attribute(x, target=text)
     reduced = cam.attribute(x, target=text, precision="bf16")
     assert reduced.dtype == torch.float32
     error = (reduced - full).abs() / activation_scale(model, x)
     assert float(error.max()) <= WEIGHT_L1_TOLERANCE
-    assert state(model) == before
+    assert model_state(model) == before
 
 
 def test_fp32_is_the_exact_path(rn):

@@ -27,18 +27,6 @@ from tests.helpers import images_for, texts, tiny_rn, tiny_vit
 from tests.tower_models import TOWERS
 
 
-def snapshot(model: nn.Module):
-    return (
-        [m.training for m in model.modules()],
-        [p.requires_grad for p in model.parameters()],
-        [
-            (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
-            for m in model.modules()
-        ],
-        [p.grad for p in model.parameters()],
-    )
-
-
 def mixed_state(model: nn.Module) -> nn.Module:
     model.train()
     next(iter(model.visual.children())).eval()
@@ -48,13 +36,13 @@ def mixed_state(model: nn.Module) -> nn.Module:
 
 
 @pytest.mark.parametrize("method", [GScoreCAM, ScoreCAM])
-def test_model_left_as_found(method):
+def test_model_left_as_found(method, model_state):
     model = mixed_state(tiny_rn(seed=1))
-    before = snapshot(model)
+    before = model_state(model)
     method(model, default_layer(model)).attribute(images_for(model, 2), target=texts(2, 2))
-    after = snapshot(model)
-    assert after[:3] == before[:3]
-    assert all(g is None for g in after[3])
+    after = model_state(model)
+    assert after == before
+    assert all(g is None for g in after["grads"])
 
 
 def test_runs_in_eval_mode_and_restores():
@@ -78,14 +66,13 @@ def test_frozen_model_still_gets_gradients():
     assert not any(p.requires_grad for p in model.parameters())
 
 
-def test_state_restored_after_error():
+def test_state_restored_after_error(model_state):
     model = mixed_state(tiny_vit(seed=1))
-    before = snapshot(model)
+    before = model_state(model)
     cam = GScoreCAM(model, default_layer(model))
     with pytest.raises(ValueError, match="target"):
         cam.attribute(images_for(model, 2), target=torch.randn(2, 7))  # wrong width
-    after = snapshot(model)
-    assert after[:3] == before[:3]
+    assert model_state(model) == before
 
 
 def test_hook_removed_when_the_forward_raises():
@@ -297,32 +284,17 @@ def test_captum_sensitivity_max_runs_on_gscorecam():
 # --- Threads sharing one model ----------------------------------------------------------
 
 
-def full_state(model: nn.Module):
-    attention = [
-        "forward" in m.__dict__ for m in model.modules() if isinstance(m, nn.MultiheadAttention)
-    ]
-    buffers = [b.clone() for b in model.buffers()]
-    return snapshot(model)[:3], attention, buffers
-
-
-def assert_same_state(before, after):
-    assert after[0] == before[0]
-    assert after[1] == before[1]
-    assert not any(after[1])
-    assert all(torch.equal(a, b) for a, b in zip(after[2], before[2], strict=True))
-
-
 @pytest.mark.parametrize("method", ["gscorecam", "scorecam", "hilacam", "gradcam", "saliency"])
-def test_threads_sharing_a_model_get_sequential_maps(method):
+def test_threads_sharing_a_model_get_sequential_maps(method, model_state):
     # train mode with BatchNorm (the ResNet) or attention swaps (HilaCAM on the ViT)
     model = mixed_state(tiny_vit(seed=5) if method == "hilacam" else tiny_rn(seed=5))
     assert any(isinstance(m, nn.BatchNorm2d) and m.training for m in model.modules()) or (
         method == "hilacam"
     )
-    before = full_state(model)
+    before = model_state(model)
     jobs = [(images_for(model, 1, seed=s), texts(1, 2, seed=s + 50)) for s in range(8)]
     sequential = [explain_maps(model, x, text, method, topk=8) for x, text in jobs]
-    assert_same_state(before, full_state(model))
+    assert model_state(model) == before
     start = threading.Barrier(4)
     results: dict[int, torch.Tensor] = {}
     errors: list[BaseException] = []
@@ -343,14 +315,14 @@ def test_threads_sharing_a_model_get_sequential_maps(method):
     assert errors == []
     for i, expected in enumerate(sequential):
         torch.testing.assert_close(results[i], expected, atol=0, rtol=0)
-    assert_same_state(before, full_state(model))
+    assert model_state(model) == before
 
 
-def test_train_mode_batchnorm_stats_do_not_move():
+def test_train_mode_batchnorm_stats_do_not_move(model_state):
     model = tiny_rn(seed=6).train()
-    before = full_state(model)
+    before = model_state(model)
     GScoreCAM(model, default_layer(model)).attribute(images_for(model, 2), target=texts(2, 1))
-    assert_same_state(before, full_state(model))
+    assert model_state(model) == before
 
 
 def test_model_lock_is_reentrant_and_weak():

@@ -21,7 +21,6 @@ from pycocotools import mask as coco_mask
 import captum_gscorecam.evaluation.distributed as distributed
 import captum_gscorecam.evaluation.runner as runner
 import captum_gscorecam.evaluation.scoring as scoring
-import captum_gscorecam.loading as loading
 from captum_gscorecam import CLIPSimilarity, HilaCAM, encode_text
 from captum_gscorecam.cli.evaluate import add_parser as add_evaluate_parser
 from captum_gscorecam.cli.options import UsageError
@@ -437,11 +436,9 @@ def test_coco_without_a_dataset_is_a_usage_error(tmp_path, argv, message):
         args.run(args)
 
 
-def test_evaluate_command_on_a_coco_folder(tmp_path, capsys, monkeypatch, eval_model, tokenizer):
+def test_evaluate_command_on_a_coco_folder(tmp_path, capsys, loaded_model, eval_model, tokenizer):
 
-    monkeypatch.setattr(
-        loading, "load_model", lambda *_: (eval_model, make_preprocess(SIZE), tokenizer)
-    )
+    loaded_model(eval_model, make_preprocess(SIZE), tokenizer)
     export_coco(tmp_path / "coco", SEEDS, n_objects=2, size=SIZE)
     argv = ["evaluate", "--dataset", "coco", "--root", str(tmp_path / "coco"), "--limit", "1"]
     argv += ["--template", "a {}", "--methods", "gscorecam,uniform", "--out", str(tmp_path / "o")]
@@ -472,11 +469,9 @@ def val2017_layout(tmp_path):
 
 @pytest.mark.parametrize("how", ["root", "files"])
 def test_evaluate_command_on_the_coco_val2017_layout(
-    tmp_path, capsys, monkeypatch, eval_model, tokenizer, how
+    tmp_path, capsys, loaded_model, eval_model, tokenizer, how
 ):
-    monkeypatch.setattr(
-        loading, "load_model", lambda *_: (eval_model, make_preprocess(SIZE), tokenizer)
-    )
+    loaded_model(eval_model, make_preprocess(SIZE), tokenizer)
     root = val2017_layout(tmp_path)
     annotations, images = root / "annotations" / "instances_val2017.json", root / "val2017"
     argv = ["evaluate", "--dataset", "coco", "--methods", "uniform", "--out", str(tmp_path / "o")]

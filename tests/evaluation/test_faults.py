@@ -14,7 +14,6 @@ import pytest
 import torch
 from PIL import Image
 
-import captum_gscorecam.loading as loading
 from captum_gscorecam.cli import main
 from captum_gscorecam.evaluation import coco_examples, evaluate, shapes_examples
 from captum_gscorecam.evaluation.store import LOCK_FILE, locked
@@ -24,16 +23,6 @@ from tests.helpers import EVAL_SEEDS, EVAL_SIZE, without_time
 
 SIZE, SEEDS = EVAL_SIZE, EVAL_SEEDS
 METHODS = ["uniform", "saliency"]
-
-
-@pytest.fixture
-def no_model(monkeypatch):
-    """Fail the test if a command loads a model."""
-
-    def refuse(*_):
-        raise AssertionError("a model was loaded")
-
-    monkeypatch.setattr(loading, "load_model", refuse)
 
 
 def refused(argv, capsys):
