@@ -104,6 +104,7 @@ def test_declared_pooling_matches_the_gradient(tower):
     assert bool((grad[:, prefix:] == 0).all()) == pools
 
 
+@pytest.mark.slow
 def test_shape_nonnegative_and_all_channels_equal_scorecam(tower):
     _, model, size, channels, grid, _ = tower
     x, text = images(2, size, seed=1), texts(2, 2, seed=2, width=WIDTH)

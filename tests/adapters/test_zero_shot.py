@@ -77,6 +77,7 @@ def test_text_width_must_match(rn):
         ZeroShotClassifier(rn, torch.ones(2, 16))(images_for(rn, 1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cam_class", [GScoreCAM, ScoreCAM])
 @pytest.mark.parametrize("tower", ["rn", "vit"])
 def test_our_cams_with_integer_targets(request, prompts, cam_class, tower):

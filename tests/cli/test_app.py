@@ -231,6 +231,7 @@ def _chromium() -> tuple[str | None, str | None]:
     return browser, shutil.which("chromedriver")
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.skipif(
     None in _chromium(),

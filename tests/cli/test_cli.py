@@ -45,6 +45,7 @@ def one_line_error(capsys, command: str = "explain") -> str:
     return err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tower", ["rn", "vit"])
 def test_demo_writes_a_figure_and_a_table(tmp_path, capsys, tower):
     out = tmp_path / "demo.png"
@@ -59,6 +60,7 @@ def test_demo_writes_a_figure_and_a_table(tmp_path, capsys, tower):
     assert f"wrote {out}" in printed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["gscorecam", "scorecam", "gradcam"])
 def test_explain_an_image_file(tmp_path, capsys, scene_png, method):
     path, scene = scene_png
@@ -151,6 +153,7 @@ def test_gradcam_on_vit_uses_the_block_before_the_last():
     assert maps.sum() > 0  # the last block alone would give all zeros
 
 
+@pytest.mark.slow
 def test_explain_maps_takes_a_layer_and_a_batch_size():
     model, preprocess, tokenizer = load_clip("shapes-rn")
     images = preprocess(render_scene(10_000_002, n_objects=1).image)[None]
@@ -416,6 +419,7 @@ def test_module_entry_point():
     assert "evaluate" in done.stdout
 
 
+@pytest.mark.slow
 def test_the_package_exports_lazily():
     code = (
         "import sys, captum_gscorecam as g\n"

@@ -14,6 +14,7 @@ MODEL = tiny_rn()
 CAM = GScoreCAM(MODEL, default_layer(MODEL))
 
 
+@pytest.mark.slow
 @given(seed=st.integers(0, 2**16), t=st.integers(1, 3), chunk=st.integers(1, 40))
 @settings(max_examples=10, deadline=None)
 def test_tolerance_zero_is_exact(seed, t, chunk):
@@ -25,6 +26,7 @@ def test_tolerance_zero_is_exact(seed, t, chunk):
     torch.testing.assert_close(early, exact, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 @given(seed=st.integers(0, 2**16), chunk=st.integers(1, 30))
 @settings(max_examples=10, deadline=None)
 def test_a_loose_tolerance_stops_at_the_first_nonzero_map_after_two_chunks(seed, chunk):

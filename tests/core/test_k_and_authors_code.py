@@ -32,6 +32,7 @@ def test_default_topk_rule():
         default_topk(0, tokens=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("tower", "channels", "tokens"), [("rn", 256, False), ("vit", 128, True)])
 def test_the_default_is_not_scorecam_on_the_bundled_models(tower, channels, tokens):
     model, preprocess, tokenizer = load_shapes_clip(tower)
@@ -138,6 +139,7 @@ def authors_gscorecam(
     return F.relu(cam)
 
 
+@pytest.mark.slow
 def test_authors_code_matches_a_transcription_of_its_rules(rn):
     x, text = images_for(rn, 2, seed=3), texts(2, 1, seed=4)[:, 0]
     layer = default_layer(rn)

@@ -41,6 +41,7 @@ def activation_scale(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return grid.abs().flatten(1).amax(1)[:, None, None, None]
 
 
+@pytest.mark.slow
 @settings(max_examples=8, deadline=None)
 @given(
     name=st.sampled_from(sorted(BUILDERS)),
@@ -78,6 +79,7 @@ def test_bf16_maps_equal_fp32_maps_within_tolerance(
     assert cam.reduced_tower.dtype == torch.bfloat16
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(BUILDERS))
 def test_the_copy_is_cached_and_remade_when_the_weights_change(name):
     model = BUILDERS[name](0)
@@ -119,6 +121,7 @@ def test_the_copy_goes_with_the_attribution_object(rn):
     assert copy() is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(TOWERS))
 def test_every_tower_has_a_reduced_copy(name, model_state):
     build, size, *_ = TOWERS[name]

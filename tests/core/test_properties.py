@@ -21,6 +21,7 @@ def cam_for(request, name):
     return model, GScoreCAM(model, default_layer(model))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 @SETTINGS
 @given(
@@ -42,6 +43,7 @@ def test_shape_nonnegative_finite(request, name, n, t, seed, form):
     assert (attr >= 0).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_all_channels_equal_scorecam(request, name):
     model, cam = cam_for(request, name)
@@ -89,6 +91,7 @@ def test_default_chunk_is_small_on_cpu_and_large_elsewhere(rn, monkeypatch):
     torch.testing.assert_close(by_default, explicit, atol=0, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 @SETTINGS
 @given(n=st.integers(2, 3), t=st.integers(1, 4), topk=st.integers(1, 30), seed=st.integers(0, 1000))

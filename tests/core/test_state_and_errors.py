@@ -284,6 +284,7 @@ def test_captum_sensitivity_max_runs_on_gscorecam():
 # --- Threads sharing one model ----------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["gscorecam", "scorecam", "hilacam", "gradcam", "saliency"])
 def test_threads_sharing_a_model_get_sequential_maps(method, model_state):
     # train mode with BatchNorm (the ResNet) or attention swaps (HilaCAM on the ViT)

@@ -31,6 +31,7 @@ def run_script(monkeypatch, tmp_path):
     torch.set_num_threads(threads)  # the scripts pin one thread
 
 
+@pytest.mark.slow
 def test_floor_script(run_script):
     text = run_script(
         "floor.py", "--models", "RN50", "--size", "32", "--k", "2", "--ppe", "2", "1",
@@ -58,6 +59,7 @@ def test_early_stop_script(run_script):
     assert "| 0 | 1.00 |" in text  # tolerance 0 scores every channel
 
 
+@pytest.mark.slow
 def test_topk_script(run_script, tmp_path):
     text = run_script(
         "topk.py", "--scenes", "1", "--objects", "3", "--topk", "0.1,1", "--random",
@@ -74,6 +76,7 @@ def test_topk_script(run_script, tmp_path):
     assert LayerGrid.importance is IMPORTANCE  # the random ranking is undone
 
 
+@pytest.mark.slow
 def test_fidelity_script(run_script):
     text = run_script("fidelity.py", "--scenes", "1", "--objects", "3", "--precisions", "bf16")
     rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| ")]

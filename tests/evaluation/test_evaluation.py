@@ -272,6 +272,7 @@ def test_unknown_method_names_the_argument(eval_model):
 # The runner
 
 
+@pytest.mark.slow
 def test_evaluate_end_to_end(tmp_path, eval_model, run_evaluate, examples):
     params = MetricParams(faithfulness_steps=4)
     results = run_evaluate(eval_model, examples, tmp_path, list(METHODS), params=params)
@@ -326,6 +327,7 @@ def test_max_box_acc_v2_over_rows_equals_the_metric_on_the_maps(
     assert results["summary"]["gscorecam"]["max_box_acc_v2"] == pytest.approx(expected)
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_images(tmp_path, eval_model, run_evaluate, monkeypatch):
     examples = shapes_examples(SEEDS, (2, 3), SIZE)
     first = [e for e in examples if e.image_id == str(SEEDS[0])]
@@ -397,6 +399,7 @@ def distributed_worker(rank: int, port: int, out: str) -> None:
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_ranks_give_the_single_process_results(tmp_path, eval_model, run_evaluate, free_port):
     single = run_evaluate(
         eval_model, shapes_examples(SEEDS, (2, 3), SIZE), tmp_path / "single", FAST

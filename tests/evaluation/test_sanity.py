@@ -56,6 +56,7 @@ def test_groups_cover_the_image_tower_and_randomise_only_their_own(sanity, tower
             assert not changed, f"{label}: {name} changed"
 
 
+@pytest.mark.slow
 def test_script_runs(sanity, tmp_path, monkeypatch):
     out = tmp_path / "sanity.md"
     args = ["--models", "vit", "--methods", "gradcam,hilacam", "--scenes", "1"]

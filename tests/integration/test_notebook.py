@@ -20,6 +20,7 @@ def test_the_committed_notebook_has_no_outputs():
     assert all(cell.outputs == [] and cell.execution_count is None for cell in code)
 
 
+@pytest.mark.slow
 def test_the_tour_runs_offline_and_draws_its_figures(monkeypatch):
     nbclient = pytest.importorskip("nbclient")
     # the kernel imports this checkout's package, whatever else is installed

@@ -42,6 +42,7 @@ def use_snippet() -> str:
     return match.group(1)
 
 
+@pytest.mark.slow
 def test_the_readme_runs_with_random_weights_in_place_of_the_download(tmp_path, monkeypatch):
     create = open_clip.create_model_and_transforms
 

@@ -87,6 +87,7 @@ def test_the_fresh_venv_sees_the_packages_of_the_venv_it_is_made_from(tmp_path):
     assert run(inner, "-c", probe, cwd=tmp_path).startswith("fresh venv | ")
 
 
+@pytest.mark.slow
 def test_wheel_installs_and_runs_the_demo(tmp_path):
     source = source_copy(tmp_path)
     dist = tmp_path / "dist"
