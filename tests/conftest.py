@@ -13,7 +13,15 @@ from torch import nn
 import captum_gscorecam.loading as loading
 from captum_gscorecam.evaluation import evaluate, shapes_examples
 from captum_gscorecam.shapes.models import make_preprocess
-from tests.helpers import EVAL_SEEDS, EVAL_SIZE, tiny_eval_vit, tiny_rn, tiny_vit
+from tests.helpers import (
+    EVAL_SEEDS,
+    EVAL_SIZE,
+    NO_CHROMIUM,
+    chromium,
+    tiny_eval_vit,
+    tiny_rn,
+    tiny_vit,
+)
 
 # The test models are tiny: one thread is as fast, and immune to a busy second core (OpenMP
 # threads spin-waiting on a descheduled peer made the suite 50x slower on a loaded machine).
@@ -134,3 +142,32 @@ def free_port() -> Callable[[], int]:
             return probe.getsockname()[1]
 
     return port
+
+
+@pytest.fixture
+def chrome(tmp_path, monkeypatch):
+    """A headless Chromium driven by selenium, quit after the test (skip where none is found)."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    browser, driver_path = chromium()
+    if None in (browser, driver_path):
+        pytest.skip(NO_CHROMIUM)
+    monkeypatch.setenv("SE_AVOID_STATS", "true")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1280,1400",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(driver_path), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -3,6 +3,7 @@ prompt embeddings, and the paper's algorithm written naively (imported as ``test
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import open_clip
@@ -97,3 +98,14 @@ def reference_gscorecam(
             maps.append(acts[c])
         weights = torch.softmax(score(torch.cat(masked)), dim=0)  # one batch: the formula as is
         return F.relu((weights[:, None, None] * torch.stack(maps)).sum(0))
+
+
+NO_CHROMIUM = "needs Chromium and chromedriver (Debian: apt-get install chromium chromium-driver)"
+
+
+def chromium() -> tuple[str | None, str | None]:
+    """The paths of Chromium and of its chromedriver (``None`` where missing)."""
+    browser = next(
+        (shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None
+    )
+    return browser, shutil.which("chromedriver")

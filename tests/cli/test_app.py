@@ -6,7 +6,6 @@ headless Chromium; both with the bundled shapes-rn model.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -224,65 +223,34 @@ def command_server(tmp_path_factory, free_port):
         process.wait(timeout=30)
 
 
-def _chromium() -> tuple[str | None, str | None]:
-    browser = next(
-        (shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None
-    )
-    return browser, shutil.which("chromedriver")
-
-
 @pytest.mark.slow
 @pytest.mark.browser
-@pytest.mark.skipif(
-    None in _chromium(),
-    reason="needs Chromium and chromedriver (Debian: apt-get install chromium chromium-driver)",
-)
-def test_the_page_in_a_real_browser(command_server, photo, tmp_path, monkeypatch):
-    webdriver = pytest.importorskip("selenium.webdriver")
+def test_the_page_in_a_real_browser(command_server, photo, tmp_path, chrome):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    monkeypatch.setenv("SE_AVOID_STATS", "true")
-    browser, driver_path = _chromium()
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1280,1400",
-        f"--user-data-dir={tmp_path / 'profile'}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=webdriver.ChromeService(driver_path), options=options)
-    try:
-        driver.get(command_server)
-        wait = WebDriverWait(driver, 60)
-        upload = wait.until(
-            ec.presence_of_element_located((By.CSS_SELECTOR, "#photo input[type=file]"))
-        )
-        upload.send_keys(str(photo))
-        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#preview img")))
-        driver.find_element(By.CSS_SELECTOR, "#prompts textarea").send_keys(
-            "a red circle\na blue square"
-        )
-        driver.find_element(By.CSS_SELECTOR, "#explain").click()
-        overlay = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#overlays img")))
-        wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, "#scores"), "a blue square"))
-        wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, "#status"), " s"))
-        driver.save_screenshot(str(tmp_path / "app.png"))
-        loaded = driver.execute_script(
-            "return arguments[0].complete && arguments[0].naturalWidth", overlay
-        )
-        scores = driver.find_element(By.CSS_SELECTOR, "#scores").text
-        status = driver.find_element(By.CSS_SELECTOR, "#status").text
-    finally:
-        driver.quit()
+    driver = chrome
+    driver.get(command_server)
+    wait = WebDriverWait(driver, 60)
+    upload = wait.until(
+        ec.presence_of_element_located((By.CSS_SELECTOR, "#photo input[type=file]"))
+    )
+    upload.send_keys(str(photo))
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#preview img")))
+    driver.find_element(By.CSS_SELECTOR, "#prompts textarea").send_keys(
+        "a red circle\na blue square"
+    )
+    driver.find_element(By.CSS_SELECTOR, "#explain").click()
+    overlay = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#overlays img")))
+    wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, "#scores"), "a blue square"))
+    wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, "#status"), " s"))
+    driver.save_screenshot(str(tmp_path / "app.png"))
+    loaded = driver.execute_script(
+        "return arguments[0].complete && arguments[0].naturalWidth", overlay
+    )
+    scores = driver.find_element(By.CSS_SELECTOR, "#scores").text
+    status = driver.find_element(By.CSS_SELECTOR, "#status").text
     assert loaded > 0  # the overlay image was decoded, not a broken link
     assert "a red circle" in scores
     assert any(_is_number(word) for word in scores.split())

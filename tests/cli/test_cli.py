@@ -153,18 +153,6 @@ def test_gradcam_on_vit_uses_the_block_before_the_last():
     assert maps.sum() > 0  # the last block alone would give all zeros
 
 
-@pytest.mark.slow
-def test_explain_maps_takes_a_layer_and_a_batch_size():
-    model, preprocess, tokenizer = load_clip("shapes-rn")
-    images = preprocess(render_scene(10_000_002, n_objects=1).image)[None]
-    text = encode_text(model, tokenizer, ["a red circle"])[None]
-    at_layer3 = explain_maps(model, images, text, "gscorecam", 0.1, layer=model.visual.layer3)
-    assert at_layer3.shape[-2:] == (14, 14)  # layer3 of a 224 px ResNet tower, not layer4's 7
-    chunked = explain_maps(model, images, text, "scorecam", None, perturbations_per_eval=7)
-    whole = explain_maps(model, images, text, "scorecam", None, perturbations_per_eval=256)
-    torch.testing.assert_close(chunked, whole, rtol=1e-4, atol=1e-6)
-
-
 # Refused at parse time or just after, before a model loads: (argv, the option, text in the line).
 BAD = [
     (["--topk", "0"], "--topk", "got 0"),

@@ -57,10 +57,14 @@ def test_layer_and_chunks_reach_the_method(rn):
     layer3 = explain_photo(rn, preprocess, photo, text, "scorecam", layer=rn.visual.layer3)
     images = preprocess(photo)[None]
     expected = explain_maps(rn, images, text[None], "scorecam", None, layer=rn.visual.layer3)
+    assert expected.shape[-2:] == (4, 4)  # layer3 of the 64 px ResNet tower, not layer4's 2
     np.testing.assert_allclose(
         layer3.maps, to_photo(expected[0], photo.size, preprocess), rtol=1e-5
     )
     chunked = explain_photo(rn, preprocess, photo, text, "scorecam", perturbations_per_eval=3)
     default = explain_photo(rn, preprocess, photo, text, "scorecam")
     np.testing.assert_allclose(chunked.maps, default.maps, rtol=1e-4, atol=1e-6)
+    chunked = explain_maps(rn, images, text[None], "scorecam", None, perturbations_per_eval=7)
+    whole = explain_maps(rn, images, text[None], "scorecam", None, perturbations_per_eval=256)
+    torch.testing.assert_close(chunked, whole, rtol=1e-4, atol=1e-6)
     assert not np.allclose(layer3.maps, default.maps)

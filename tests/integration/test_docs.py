@@ -26,7 +26,6 @@ import http.server
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -308,20 +307,8 @@ def test_every_internal_link_image_and_anchor_resolves(site):
 # -- the site in a browser ---------------------------------------------------------------------
 
 
-def _chromium() -> tuple[str | None, str | None]:
-    browser = next(
-        (shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None
-    )
-    return browser, shutil.which("chromedriver")
-
-
 @pytest.mark.browser
-@pytest.mark.skipif(
-    None in _chromium(),
-    reason="needs Chromium and chromedriver (Debian: apt-get install chromium chromium-driver)",
-)
-def test_the_site_in_a_real_browser(site, tmp_path, monkeypatch):
-    webdriver = pytest.importorskip("selenium.webdriver")
+def test_the_site_in_a_real_browser(site, tmp_path, chrome):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -331,21 +318,6 @@ def test_the_site_in_a_real_browser(site, tmp_path, monkeypatch):
     handler.log_message = lambda *args: None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("SE_AVOID_STATS", "true")
-    browser, driver_path = _chromium()
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--no-first-run",
-        "--window-size=1280,1400",
-        f"--user-data-dir={tmp_path / 'profile'}",
-    ):
-        options.add_argument(flag)
     pages = {
         "home": ("", "captum-gscorecam", ["Why use it", "Where next"], "demo.png"),
         "api": (f"reference/{GScoreCAM.__module__}/", GScoreCAM.__module__, ["GScoreCAM"], None),
@@ -357,7 +329,7 @@ def test_the_site_in_a_real_browser(site, tmp_path, monkeypatch):
         ),
     }
     seen = {}
-    driver = webdriver.Chrome(service=webdriver.ChromeService(driver_path), options=options)
+    driver = chrome
     try:
         for name, (uri, *_) in pages.items():
             driver.get(f"http://127.0.0.1:{server.server_port}/{uri}")
@@ -373,7 +345,6 @@ def test_the_site_in_a_real_browser(site, tmp_path, monkeypatch):
             )
             seen[name] = (h1, shown, loaded)
     finally:
-        driver.quit()
         server.shutdown()
     for name, (_, title, headings, image) in pages.items():
         h1, shown, loaded = seen[name]
