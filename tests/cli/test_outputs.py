@@ -401,14 +401,6 @@ def test_a_disk_that_fills_mid_run_leaves_a_resumable_folder(
 # (exit 1), one line each
 
 
-@pytest.fixture
-def no_model(monkeypatch):
-    """Fail the test if a command loads a model."""
-    import captum_gscorecam.loading as loading
-
-    monkeypatch.setattr(loading, "load_model", mock.Mock(side_effect=AssertionError("loaded")))
-
-
 def _one_line(capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert "\n" not in err, err

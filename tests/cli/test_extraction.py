@@ -32,6 +32,7 @@ from captum_gscorecam.loading import load_model
 from captum_gscorecam.provenance import Provenance
 from captum_gscorecam.shapes import render_scene
 from captum_gscorecam.shapes.coco import export_coco
+from tests.helpers import ROOT
 
 SEEDS = range(10_000_000, 10_000_003)
 PROVENANCE = Provenance("shapes-rn", "shapes world", "LayerGradCam", "{}", "fp32", "cpu")
@@ -223,7 +224,7 @@ def command(tree: Path, out: Path) -> list[str]:
 
 
 def environment() -> dict[str, str]:
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(ROOT)
     return {**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1"}
 
 

@@ -28,8 +28,9 @@ from captum_gscorecam.evaluation.report import (
 )
 from captum_gscorecam.evaluation.store import settings_digest
 from captum_gscorecam.shapes import render_scene
+from tests.helpers import ROOT
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = ROOT / "benchmarks"
 PNG_MAGIC = b"\x89PNG"
 THRESHOLDS = (0.5,)
 
