@@ -250,6 +250,7 @@ def cli_tree(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_killed_then_resumed_equals_an_uninterrupted_run(cli_tree, tmp_path):
     out = tmp_path / "o"
     argv = [sys.executable, "-m", "captum_gscorecam", *command(cli_tree / "tree", out)]
@@ -269,6 +270,7 @@ def test_killed_then_resumed_equals_an_uninterrupted_run(cli_tree, tmp_path):
     same_files(out, cli_tree / "whole")
 
 
+@pytest.mark.slow
 def test_two_ranks_write_the_files_of_one(cli_tree, tmp_path):
     if shutil.which("torchrun") is None:
         pytest.skip("torchrun is not installed")
