@@ -375,7 +375,7 @@ def test_sigterm_stops_as_ctrl_c_and_the_exit_removes_the_folder(tmp_path):
         "except KeyboardInterrupt:\n"
         "    sys.exit(0)\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
         [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env
     )
