@@ -393,7 +393,8 @@ def attention_table(args: argparse.Namespace, name: str) -> list[str]:
     """The attention methods on one image with 1 and T prompts: passes and CPU seconds.
 
     CPU time of the process (one thread: a busy machine does not inflate it), median of
-    ``--repeats`` after a warm-up; the counts come from one more, untimed call.
+    ``--repeats`` (after a warm-up when more than one); the counts come from one more,
+    untimed call.
     """
     setup = Setup(name, args.size, args.device, args.ppe, prompts=max(args.prompts))
     blocks = len(setup.model.visual.transformer.resblocks)
@@ -433,8 +434,10 @@ def attention_table(args: argparse.Namespace, name: str) -> list[str]:
 
 
 def timed_cpu(fn: Callable[[], None], repeats: int) -> float:
-    """Median CPU time of the process over ``repeats`` runs, after one warm-up run."""
-    fn()
+    """Median CPU time of the process over ``repeats`` runs, after one warm-up run when
+    repeats > 1."""
+    if repeats > 1:
+        fn()
     times = []
     for _ in range(repeats):
         start = time.process_time()

@@ -89,3 +89,26 @@ def test_fidelity_script(run_script):
         reduced = cells[method, "bf16"]
         assert reduced[4] in ("yes", "**no**")
         assert 0 <= float(reduced[5]) <= float(reduced[6]) <= 1  # mean <= max total variation
+
+
+def test_speed_script_attention_table(run_script):
+    text = run_script(
+        "speed.py", "--models", "ViT-S-32", "--size", "64", "--tables", "attention",
+        "--prompts", "1", "2", "--repeats", "1",
+    )  # fmt: skip
+    assert "### ViT-S-32: attention methods (64 px, 1 image, 12 blocks" in text
+    # one tower forward each; gradient calls: 1 per prompt, LeGrad 1 per block and prompt
+    for row in ("| HilaCAM | 2 | 1 | 2 |", "| LeGrad | 2 | 1 | 24 |", "| Grad-ECLIP | 2 | 1 | 2 |"):
+        assert row in text
+    assert "| Attention rollout | 2 | 1 | 0 |" in text
+
+
+def test_conventions_script(run_script):
+    text = run_script("conventions.py", "--scenes", "1")
+    rows = [line for line in text.splitlines() if line.startswith("| LeGrad") or "ECLIP" in line]
+    assert len(rows) == 5
+    for row in rows:
+        values = [float(v) for v in row.strip("|").split("|")[1:]]
+        assert all(0 <= v <= 1 for v in values)
+    assert "| LeGrad, every block (default) |" in text
+    assert text.count(" 1.000 |\n") >= 2  # each default agrees with itself
