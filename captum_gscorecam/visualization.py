@@ -159,7 +159,8 @@ def photo_figure(
     fig = Figure(figsize=(panel_width, panel_width * height / width * len(prompts) + 0.4))
     axes = fig.subplots(len(prompts), 1, squeeze=False)
     for ax, saliency, prompt, score in zip(axes[:, 0], maps, prompts, scores, strict=True):
-        ax.imshow(overlay(pixels, saliency))
+        # as uint8: the figure keeps every panel's image until it is saved
+        ax.imshow(np.rint(overlay(pixels, saliency) * 255).astype(np.uint8))
         ax.set_title(f"{method}: {prompt!r}  (score {score:.2f})", fontsize=9)
         ax.axis("off")
     fig.tight_layout()

@@ -14,6 +14,7 @@ from captum_gscorecam.cli.options import (
     count_arg,
     figure_arg,
     non_negative_arg,
+    output_errors,
     usage_errors,
     wrapped,
 )
@@ -65,10 +66,13 @@ def run(args: argparse.Namespace) -> None:
     from captum_gscorecam.evaluation.scoring import MetricParams
     from captum_gscorecam.loading import load_model, resolve_device
     from captum_gscorecam.methods import applicable_methods, explain_maps
+    from captum_gscorecam.outputs import check_outputs, write_figure
     from captum_gscorecam.shapes import render_scene
     from captum_gscorecam.towers import input_size
     from captum_gscorecam.visualization import show_maps, to_image, upsample
 
+    with output_errors("--out"):
+        check_outputs([args.out])
     with usage_errors():
         device = resolve_device(args.device)
         model, preprocess, tokenizer = load_model(f"shapes-{args.tower}", None, device)
@@ -99,7 +103,7 @@ def run(args: argparse.Namespace) -> None:
         [scenes[i].captions[t] for i, t in rows],
         [SPECS[method].label for method in methods],
     )
-    fig.savefig(args.out, dpi=100)
+    write_figure(args.out, fig, dpi=100)
     print(f"shapes-{args.tower}: {args.scenes} held-out scenes x {args.objects} objects")
     print(
         f"pointing game: the share of maps with their peak inside the object's box or within "

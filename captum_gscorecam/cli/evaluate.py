@@ -22,6 +22,7 @@ from captum_gscorecam.cli.options import (
     count_arg,
     folder_arg,
     non_negative_arg,
+    output_errors,
     template_arg,
     usage_errors,
     wrapped,
@@ -191,13 +192,11 @@ def _check_out(out: Path, setting: Mapping[str, object], coco: Sequence[CocoImag
     COCO annotations or an image (``outputs.check_outputs``).
     """
     from captum_gscorecam.evaluation.runner import output_files
-    from captum_gscorecam.outputs import OutputError, check_outputs
+    from captum_gscorecam.outputs import check_outputs
 
     inputs = [] if coco is None else [setting["annotations"], *(image.path for image in coco)]
-    try:
+    with output_errors("--out"):
         check_outputs(output_files(out, int(os.environ.get("WORLD_SIZE", "1"))), inputs)
-    except OutputError as error:
-        raise UsageError(f"argument --out: {error}") from None
 
 
 def _run_description(args: argparse.Namespace) -> dict[str, object]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from captum_gscorecam.cli.options import (
     folder_arg,
     layer_arg,
     load_chosen_model,
+    output_errors,
     perturbations_arg,
     prompt_arg,
     template_arg,
@@ -130,6 +132,7 @@ def run(args: argparse.Namespace) -> None:
         for path in paths:
             check_image(path)
     figures = _figure_paths(args.out, paths)
+    _check_outputs(args, paths, figures)
     _check_method_options(args)
     texts = [args.template.format(prompt) for prompt in args.prompt]
     with usage_errors():
@@ -165,6 +168,24 @@ def _figure_paths(out: Path, paths: Sequence[Path]) -> list[Path]:
     return [out / f"{path.stem}.png" for path in paths]
 
 
+def _check_outputs(
+    args: argparse.Namespace, paths: Sequence[Path], figures: Sequence[Path]
+) -> None:
+    """Refuse, before the model loads, outputs that are photos or cannot be written
+    (``outputs.check_outputs``), naming the option that sets them.
+    """
+    from captum_gscorecam.outputs import check_outputs
+
+    folder = figures[0].parent
+    chosen = {"--out": [*figures, folder / "scores.md", folder / "scores.csv"]}
+    if args.save_maps is not None:
+        maps = [args.save_maps / f"{path.stem}.npy" for path in paths]
+        chosen["--save-maps"] = [args.save_maps / "prompts.json", *maps]
+    for option, outputs in chosen.items():
+        with output_errors(option):
+            check_outputs(outputs, paths)
+
+
 def _check_method_options(args: argparse.Namespace) -> None:
     """Refuse options the chosen method would ignore (the registry says which it takes)."""
     for option in METHOD_OPTIONS:
@@ -188,11 +209,10 @@ def _explain_photos(
     layer: Any,
 ) -> None:
     """The work of ``explain`` once everything is checked and the model is loaded."""
-    import json
-
     from tqdm import tqdm
 
     from captum_gscorecam.clip import encode_text
+    from captum_gscorecam.outputs import make_folder, write_json, write_text
     from captum_gscorecam.tables import csv_table, markdown_table
     from captum_gscorecam.visualization import no_crop
 
@@ -200,10 +220,8 @@ def _explain_photos(
         preprocess = no_crop(preprocess)
     text = encode_text(model, tokenizer, texts)[None]
     if args.save_maps is not None:
-        args.save_maps.mkdir(exist_ok=True)
-        (args.save_maps / "prompts.json").write_text(json.dumps(args.prompt, indent=1) + "\n")
-    folder = figures[0].parent
-    folder.mkdir(exist_ok=True)
+        write_json(args.save_maps / "prompts.json", args.prompt)
+    folder = make_folder(figures[0].parent)
     rows, start = [], time.perf_counter()
     with tqdm(paths, desc="images", unit="image") as bar:  # closed (a newline) before an error
         for path, figure in zip(bar, figures, strict=True):
@@ -212,8 +230,8 @@ def _explain_photos(
             rows.append((str(path), scores, time.perf_counter() - began))
     elapsed = time.perf_counter() - start
     table = markdown_table(*_score_table(rows, args.prompt, ".2f", ".1f"))
-    (folder / "scores.md").write_text(table + "\n")
-    (folder / "scores.csv").write_text(csv_table(*_score_table(rows, args.prompt, ".4f", ".2f")))
+    write_text(folder / "scores.md", table + "\n")
+    write_text(folder / "scores.csv", csv_table(*_score_table(rows, args.prompt, ".4f", ".2f")))
     print(f"CLIP scores (logit_scale * cos), {chosen_model(args)[0]}, {SPECS[args.method].label}:")
     print(table)
     print(f"{len(paths)} image(s) x {len(texts)} prompt(s) in {elapsed:.1f} s")
@@ -232,10 +250,16 @@ def _explain_photo(
     preprocess: Any,
     layer: Any,
 ) -> list[float]:
-    """One photo: its maps placed on it, its figure, its ``.npy``; returns its CLIP scores."""
-    import numpy as np
+    """One photo: its maps placed on it, its figure (drawn downscaled above the display limit,
+    with a warning), its ``.npy`` (one map in memory at a time); returns its CLIP scores.
+    """
+    import warnings
 
-    from captum_gscorecam.images import read_image
+    import numpy as np
+    from tqdm import tqdm
+
+    from captum_gscorecam.images import for_display, read_image
+    from captum_gscorecam.outputs import write_figure, write_npy_slices
     from captum_gscorecam.photos import explain_photo
     from captum_gscorecam.visualization import photo_figure
 
@@ -256,10 +280,17 @@ def _explain_photo(
         precision=args.precision,
     )
     scores = photo_scores.tolist()
-    fig = photo_figure(photo, photo_maps, args.prompt, scores, SPECS[args.method].label)
-    fig.savefig(figure, dpi=100)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        drawn = for_display(photo, str(path))
+    for warning in said:
+        tqdm.write(f"gscorecam explain: warning: {warning.message}", file=sys.stderr)
+    drawn_maps = photo_maps.at_size(drawn.size)
+    fig = photo_figure(drawn, drawn_maps, args.prompt, scores, SPECS[args.method].label)
+    write_figure(figure, fig, dpi=100)
     if args.save_maps is not None:
-        np.save(args.save_maps / f"{path.stem}.npy", photo_maps)
+        path_npy = args.save_maps / f"{path.stem}.npy"
+        write_npy_slices(path_npy, photo_maps, photo_maps.shape, np.float32)
     return scores
 
 

@@ -46,6 +46,7 @@ __all__ = [
     "layer_arg",
     "load_chosen_model",
     "non_negative_arg",
+    "output_errors",
     "perturbations_arg",
     "port_arg",
     "prompt_arg",
@@ -343,3 +344,16 @@ def usage_errors() -> Iterator[None]:
         if colon and name in _OPTIONS:
             raise UsageError(f"argument {_OPTIONS[name]}: {rest}") from None
         raise UsageError(str(error)) from None
+
+
+@contextmanager
+def output_errors(option: str) -> Iterator[None]:
+    """An :class:`~captum_gscorecam.outputs.OutputError` raised in the block (outputs checked
+    before any work) becomes a :class:`UsageError` naming ``option`` (one line, exit 2).
+    """
+    from captum_gscorecam.outputs import OutputError
+
+    try:
+        yield
+    except OutputError as error:
+        raise UsageError(f"argument {option}: {error}") from None

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from captum_gscorecam.outputs import (
     OutputError,
@@ -453,3 +454,89 @@ def test_evaluate_takes_cpu_0_again(tmp_path, capsys):
     argv = ["evaluate", "--out", str(tmp_path), "--methods", "uniform", "--limit", "1"]
     assert main([*argv, "--device", "cpu:0"]) == 0
     assert json.loads((tmp_path / "results.json").read_text())["images"] == 1
+
+
+def _scene_photo(path: Path, size: tuple[int, int] = (96, 64)) -> Path:
+    from captum_gscorecam.shapes import render_scene
+
+    Image.fromarray(render_scene(10_000_003, 2).image).resize(size).save(path)
+    return path
+
+
+def _explain_argv(*paths: Path) -> list[str]:
+    return ["explain", *map(str, paths), "--prompt", "a red circle", "--model", "shapes-rn",
+            "--device", "cpu"]  # fmt: skip
+
+
+@pytest.mark.parametrize("where", ["the photo", "a folder holding the photo's figure name"])
+def test_explain_never_writes_over_its_photo(tmp_path, capsys, no_model, where):
+    from captum_gscorecam.cli import main
+
+    photo = _scene_photo(tmp_path / "good.png")
+    before = photo.read_bytes()
+    out = photo if where == "the photo" else tmp_path
+    assert main([*_explain_argv(photo), "--out", str(out)]) == 2
+    err = _one_line(capsys)
+    assert f"argument --out: cannot write {photo}: it is the input {photo}" in err
+    assert photo.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["good.png"]
+
+
+def test_explain_outputs_in_a_pseudo_filesystem_are_refused_before_loading(
+    tmp_path, capsys, no_model
+):
+    from captum_gscorecam.cli import main
+
+    if not Path("/proc/self").is_dir():
+        pytest.skip("no /proc here")
+    photo = _scene_photo(tmp_path / "good.png")
+    assert main([*_explain_argv(photo), "--save-maps", "/proc/gscorecam-maps"]) == 2
+    err = _one_line(capsys)
+    assert "argument --save-maps: cannot write /proc/gscorecam-maps/prompts.json" in err
+    assert "/proc cannot hold files" in err
+
+
+def test_explain_on_a_disk_that_fills_leaves_no_partial_file(tmp_path_factory, capsys):
+    from captum_gscorecam.cli import main
+
+    if sys.platform != "linux" or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root on Linux")
+    photo = _scene_photo(tmp_path_factory.mktemp("photo") / "good.png", (480, 320))
+    small = tmp_path_factory.mktemp("small")
+    try:
+        _mount(small, "size=8k")  # prompts.json fits; the figure or the maps (600 KB) do not
+    except (OSError, subprocess.SubprocessError) as error:
+        pytest.skip(f"cannot mount a tmpfs here ({error})")
+    try:
+        argv = [*_explain_argv(photo), "--out", str(small / "figures")]
+        assert main([*argv, "--save-maps", str(small / "maps")]) == 1
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        failed = [small / "figures" / "good.png", small / "maps" / "good.npy"]  # what does not fit
+        assert last in [
+            f"gscorecam explain: error: cannot write {path}: no space left on the device"
+            for path in failed
+        ]
+        written = {str(p.relative_to(small)) for p in small.rglob("*") if p.is_file()}
+        assert written <= {"maps/prompts.json", "figures/good.png"}  # whole files only
+        if "figures/good.png" in written:
+            assert Image.open(small / "figures" / "good.png").size[0] > 0
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False, timeout=30)
+
+
+def test_a_photo_over_the_display_limit_is_drawn_smaller_with_one_warning(
+    tmp_path, capsys, monkeypatch
+):
+    from captum_gscorecam.cli import main
+
+    monkeypatch.setattr("captum_gscorecam.images.DISPLAY_MAX_PIXELS", 96 * 64 // 4)
+    photo = _scene_photo(tmp_path / "big.png")
+    argv = [*_explain_argv(photo), "--out", str(tmp_path / "out"), "--save-maps"]
+    assert main([*argv, str(tmp_path / "maps")]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warned == [
+        f"gscorecam explain: warning: image: {photo} is 96 x 64 pixels (0.0 MP), over the "
+        "0.001536 MP drawn at most; drawn at 48 x 32"
+    ]
+    assert np.load(tmp_path / "maps" / "big.npy").shape == (1, 64, 96)  # full resolution
+    assert (tmp_path / "out" / "big.png").stat().st_size > 0

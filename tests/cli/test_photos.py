@@ -372,7 +372,9 @@ def test_photo_figure_draws_the_overlay_of_each_map_titled_with_its_score():
     fig = photo_figure(photo, maps, ["a dog", "a cat"], [1.234, -0.5], "gScoreCAM")
     assert len(fig.axes) == 2
     for ax, saliency in zip(fig.axes, maps, strict=True):
-        np.testing.assert_array_equal(_drawn(ax), overlay(photo, saliency))
+        # drawn as uint8 (the figure holds every panel until saved)
+        expected = np.rint(overlay(photo, saliency) * 255).astype(np.uint8)
+        np.testing.assert_array_equal(_drawn(ax), expected)
     assert [ax.get_title() for ax in fig.axes] == [
         "gScoreCAM: 'a dog'  (score 1.23)",
         "gScoreCAM: 'a cat'  (score -0.50)",
