@@ -281,7 +281,7 @@ class _Explainer:
                     f"k: {method_spec(method).label} does not use k; it applies to "
                     f"{_labels('topk')} (leave it empty)"
                 )
-            dtype = resolve_precision(precision, self.device)
+            dtype = resolve_precision(precision, self.device, self.model)
             photo = _read(path)
             progress(0, desc="explaining")
             start = time.perf_counter()

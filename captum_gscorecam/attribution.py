@@ -20,7 +20,7 @@ from captum_gscorecam.checks import (
 from captum_gscorecam.clip import CLIPSimilarity
 from captum_gscorecam.engine import Scorer, default_chunk, exclusive, restored, score_cam
 from captum_gscorecam.grids import CustomGrid, LayerGrid
-from captum_gscorecam.precision import ReducedTower, resolve_precision
+from captum_gscorecam.precision import Precision, ReducedTower, resolve_precision, warn_if_slow
 from captum_gscorecam.scorers import (
     ReducedTextScorer,
     TextScorer,
@@ -99,7 +99,11 @@ class _MaskedLayerCAM(LayerAttribution):
         with exclusive(self.model), torch.inference_mode(False):
             x = model_images(self.forward_func, images)
             scorer = make_scorer(self.forward_func, x, target, additional_forward_args)
-            masked_scorer = self._masked_scorer(scorer, resolve_precision(precision, x.device))
+            # the copy serves text scores only: for anything else "auto" is the model itself
+            tower_model = self.model if isinstance(scorer, TextScorer) else None
+            resolved = resolve_precision(precision, x.device, tower_model)
+            warn_if_slow(resolved, x.device, tower_model, stacklevel=3)
+            masked_scorer = self._masked_scorer(scorer, resolved, x)
             with restored(self.model):
                 maps = score_cam(
                     scorer,
@@ -118,20 +122,22 @@ class _MaskedLayerCAM(LayerAttribution):
                 )
         return maps.to(images.device)
 
-    def _masked_scorer(self, scorer: Scorer, dtype: torch.dtype | None) -> Scorer | None:
-        """The masked passes' scorer: the image tower copied in ``dtype`` (cached on this
-        object, remade when the model's tower changes) or None, the capture pass's scorer.
+    def _masked_scorer(self, scorer: Scorer, precision: Precision, images: Tensor) -> Scorer | None:
+        """The masked passes' scorer: a copy of the image tower for ``precision`` (cached on
+        this object, remade when the model's tower changes; ``images`` probe which of its
+        layers run) or None, the capture pass's scorer, for ``"fp32"``.
         """
-        if dtype is None:
+        if precision.name == "fp32":
             return None
         if not isinstance(scorer, TextScorer):
             raise ValueError(
                 "precision: a reduced-precision image tower needs a CLIP model as forward_func "
-                "and text embeddings as target; use precision=None"
+                f"and text embeddings as target (asked: {precision.name!r}); use precision=None"
             )
-        if self.reduced_tower is None or not self.reduced_tower.matches(self.model, dtype):
+        copy = self.reduced_tower
+        if copy is None or not copy.matches(self.model, precision.name):
             self.reduced_tower = None  # the stale copy goes before the next one is made
-            self.reduced_tower = ReducedTower(self.model, dtype)
+            self.reduced_tower = ReducedTower(self.model, precision.name, images[:1])
         return ReducedTextScorer(self.reduced_tower, scorer)
 
 
@@ -246,15 +252,21 @@ class GScoreCAM(_MaskedLayerCAM, GradientAttribution):
                         with score 0 for those outside the top k (which then enter the map
                         with that weight). False follows the paper's formula above.
                         Default: False
-            precision (str or torch.dtype, optional): The precision of the masked passes:
-                        ``torch.bfloat16`` / ``"bf16"`` or ``torch.float16`` / ``"fp16"``
-                        run them on a copy of the image tower in that dtype (channels-last
-                        on CPU), made on the first such call, kept in ``reduced_tower``
-                        (its memory: ``reduced_tower.nbytes``) and remade when the model's
-                        weights change in place; ``"auto"`` picks what
-                        :func:`~captum_gscorecam.precision.resolve_precision` picks for the
-                        model's device. The capture pass, the ranking and the weighting keep
-                        the model's precision. Needs a CLIP model and text targets.
+            precision (str or torch.dtype, optional): How the masked passes run (the
+                        capture pass, the ranking and the weighting keep the model's own
+                        precision): ``"fp32"`` on the model itself; ``"fp32-fast"`` (float
+                        rounding apart, the same), ``"fp32-compiled"``, ``"bf16"``,
+                        ``"fp16"`` or ``"int8"`` on a copy of its image tower
+                        (:mod:`~captum_gscorecam.precision` says how each is made and when
+                        it is faster), made on the first such call, kept in
+                        ``reduced_tower`` (its memory: ``reduced_tower.nbytes``) and remade
+                        whenever the model's image-tower weights change; ``"auto"`` the
+                        fastest of these measured on this kind of device for this kind of
+                        tower (:func:`~captum_gscorecam.precision.resolve_precision` says
+                        which and why). ``torch.float32`` / ``bfloat16`` / ``float16`` name
+                        ``"fp32"`` / ``"bf16"`` / ``"fp16"``. A precision that this device
+                        runs slower than ``"fp32"`` warns. All but ``"fp32"`` and
+                        ``"auto"`` need a CLIP model and text targets.
                         Default: None (``"fp32"``: the model's own precision, exact)
 
         Returns:

@@ -37,7 +37,7 @@ __all__ = [
 CONV_TOPK_SHARE = 0.1
 TOKEN_TOPK_SHARE = 0.5
 # The names `precision` takes (precision.resolve_precision); "fp32" is the model's own precision.
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "fp32-fast", "fp32-compiled", "bf16", "fp16", "int8")
 # The device names the API and the command line take (whether one exists is loading's
 # resolve_device): auto, cpu, cpu:0, mps, mps:0, cuda, cuda:N, xpu, xpu:N.
 DEVICE_NAMES = re.compile(r"auto|(cpu|mps)(:0)?|(cuda|xpu)(:\d+)?")

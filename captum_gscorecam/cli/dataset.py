@@ -231,7 +231,7 @@ def _extract(args: argparse.Namespace, photos: list[Any], device: str) -> Any:
         layer = None if args.layer is None else find_layer(model, args.layer)
     if args.no_crop:
         preprocess = no_crop(preprocess)
-    precision = precision_name(resolve_precision(args.precision, torch.device(device)))
+    precision = precision_name(resolve_precision(args.precision, torch.device(device), model))
     explained = explained_layer(model, args.method, layer)
     height, width = input_size(model)
     k = resolved_topk(model, torch.zeros(1, 3, height, width, device=device), args.method,

@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> None:
             for method in methods:
                 check_method(model, method)
             topk = default_topk_share(model) if args.topk is None else args.topk
-            precision = precision_name(resolve_precision(args.precision, device))
+            precision = precision_name(resolve_precision(args.precision, device, model))
             check_resumable(
                 args.out, run_config(setting, methods, topk, params, precision=precision)
             )

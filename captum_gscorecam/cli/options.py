@@ -308,8 +308,9 @@ def add_precision_option(parser: argparse.ArgumentParser) -> None:
         "--precision",
         choices=PRECISIONS,
         default="auto",
-        help=f"the masked passes of {_labels('precision')}: auto (bf16 on a CPU with native "
-        "bf16 and on CUDA, else fp32), fp32 (exact), bf16 or fp16 (a copy of the image tower)",
+        help=f"the masked passes of {_labels('precision')}: auto (the fastest measured on this "
+        "kind of device for this kind of tower), fp32 (exact), or on a copy of the image tower: "
+        "fp32-fast (exact up to rounding), fp32-compiled, bf16, fp16, int8",
     )
 
 

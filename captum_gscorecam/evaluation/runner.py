@@ -125,7 +125,7 @@ def evaluate(
     """
     check_methods(methods)
     topk = default_topk_share(model) if topk is None else check_topk(topk)
-    dtype = resolve_precision(precision, next(model.parameters()).device)
+    dtype = resolve_precision(precision, next(model.parameters()).device, model)
     if not examples:
         raise ValueError("examples: expected at least one example")
     out_dir = Path(out_dir)

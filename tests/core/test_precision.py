@@ -165,7 +165,7 @@ def test_precision_needs_a_clip_model():
     assert cam.reduced_tower is None
 
 
-@pytest.mark.parametrize("precision", ["int8", "half", torch.int8, torch.float64, 16])
+@pytest.mark.parametrize("precision", ["int4", "half", torch.int8, torch.float64, 16])
 def test_bad_precision(rn, precision):
     cam = GScoreCAM(rn, default_layer(rn))
     with pytest.raises(ValueError, match=r"precision: expected None, one of \['auto'"):
@@ -178,19 +178,23 @@ def test_a_model_without_an_image_tower_is_a_clear_error():
         image_tower(nn.Linear(2, 2))
 
 
-def test_resolve_precision(monkeypatch):
-    assert resolve_precision(None, "cpu") is None
-    assert resolve_precision("fp32", "cpu") is None
-    assert resolve_precision("bf16", "cuda") is torch.bfloat16
-    assert resolve_precision(torch.float16, "cpu") is torch.float16
-    assert resolve_precision("auto", "cpu") is (torch.bfloat16 if native_cpu_bf16() else None)
-    assert resolve_precision("auto", "meta") is None
+def test_resolve_precision(monkeypatch, rn):
+    assert resolve_precision(None, "cpu") == ("fp32", "asked for")
+    assert resolve_precision("fp32", "cpu").name == "fp32"
+    assert resolve_precision(torch.float32, "cpu").name == "fp32"
+    assert resolve_precision("bf16", "cuda").name == "bf16"
+    assert resolve_precision(torch.float16, "cpu").name == "fp16"
+    resolved = resolve_precision("auto", "cpu", rn)
+    assert resolve_precision(resolved, "cpu") is resolved  # a resolved precision is one
+    assert resolved.name == ("bf16" if native_cpu_bf16() else resolved.name)
+    assert resolve_precision("auto", "cpu").name == "fp32"  # no CLIP tower to copy
+    assert resolve_precision("auto", "meta", rn).name == "fp32"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation: False)
-    for capability, expected in [((6, 1), None), ((7, 5), torch.float16)]:
+    for capability, expected in [((6, 1), "fp32"), ((7, 5), "fp16")]:
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda _d, c=capability: c)
-        assert resolve_precision("auto", "cuda") is expected
+        assert resolve_precision("auto", "cuda", rn).name == expected
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation: True)
-    assert resolve_precision("auto", "cuda:0") is torch.bfloat16
+    assert resolve_precision("auto", "cuda:0", rn).name == "bf16"
 
 
 def test_native_cpu_bf16_reads_the_cpu_flags():
@@ -217,5 +221,5 @@ def test_the_commands_take_precision_auto_by_default(command, capsys):
     assert parser().parse_args(command).precision == "auto"
     assert parser().parse_args([*command, "--precision", "bf16"]).precision == "bf16"
     with pytest.raises(SystemExit):
-        parser().parse_args([*command, "--precision", "int8"])
+        parser().parse_args([*command, "--precision", "int4"])
     assert "--precision" in capsys.readouterr().err

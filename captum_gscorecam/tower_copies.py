@@ -1,0 +1,243 @@
+"""How each precision's copy of an image tower is made, and how a copy knows it is stale.
+
+- :func:`cast_copy`: every floating tensor cast into the copy (bf16, fp16, or a float32 copy);
+- :func:`fold_batch_norms`: each BatchNorm that only reads a convolution's output folded into
+  that convolution's weights (``torch.nn.utils.fusion.fuse_conv_bn_eval``), through the
+  ``torch.fx`` graph of the tower: same function up to float rounding, one pass less over
+  every activation of a CNN;
+- :func:`quantize_linears`: the Linear layers the tower calls as modules quantised to int8
+  with dynamically quantised activations (``torch.ao.quantization.quantize_dynamic``); layers
+  whose weights the tower reads directly (open_clip's ResNet attention pool,
+  ``nn.MultiheadAttention``'s projections) stay float32;
+- :class:`CompiledTower`: ``torch.compile`` of a copy, compiled once per batch size, smaller
+  batches padded up to a compiled size; a failure to compile falls back to the eager copy;
+- :func:`weights_fingerprint`: a checksum of every parameter and buffer, which sees writes
+  through ``.data`` that the tensors' version counters miss.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from itertools import chain
+
+import torch
+from torch import Tensor, fx, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+__all__ = [
+    "CompiledTower",
+    "cast_copy",
+    "fold_batch_norms",
+    "int8_available",
+    "quantize_linears",
+    "weights_fingerprint",
+]
+
+_CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def cast_copy(tower: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A deep copy of ``tower`` in eval mode with floating tensors in ``dtype``, none needing a
+    gradient; the model's tensors are never duplicated on the way (each is cast straight into
+    the copy).
+    """
+    memo: dict[int, object] = {}
+    for param in tower.parameters():
+        cast = param.detach().to(dtype, copy=True) if param.is_floating_point() else param.clone()
+        memo[id(param)] = nn.Parameter(cast, requires_grad=False)
+    for buffer in tower.buffers():
+        memo[id(buffer)] = (
+            buffer.to(dtype, copy=True) if buffer.is_floating_point() else buffer.clone()
+        )
+    return copy.deepcopy(tower, memo).eval()
+
+
+def fold_batch_norms(tower: nn.Module) -> nn.Module:
+    """``tower`` (a copy in eval mode) with each BatchNorm that only reads a convolution's
+    output folded into that convolution; ``tower`` itself where nothing folds or ``torch.fx``
+    cannot trace it (data-dependent control flow).
+    """
+    if not any(isinstance(m, _BATCH_NORMS) for m in tower.modules()):
+        return tower
+    try:
+        traced = fx.symbolic_trace(tower)
+    except Exception:  # any tracing failure means: leave the tower as it is
+        return tower
+    modules = dict(traced.named_modules())
+    calls: dict[str, int] = {}
+    for node in traced.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    folded = False
+    for node in list(traced.graph.nodes):
+        norm = modules.get(node.target) if node.op == "call_module" else None
+        if not isinstance(norm, _BATCH_NORMS) or norm.running_mean is None or not node.args:
+            continue
+        source = node.args[0]
+        conv = modules.get(source.target) if isinstance(source, fx.Node) else None
+        if (
+            source.op != "call_module"
+            or not isinstance(conv, _CONVOLUTIONS)
+            or len(source.users) != 1  # another reader needs the unnormalised output
+            or calls[source.target] != 1  # a convolution called twice serves another path
+            or calls[node.target] != 1
+        ):
+            continue
+        _replace(traced, source.target, fuse_conv_bn_eval(conv, norm))
+        node.replace_all_uses_with(source)
+        traced.graph.erase_node(node)
+        folded = True
+    if not folded:
+        return tower
+    traced.delete_all_unused_submodules()
+    traced.recompile()
+    return traced.eval()
+
+
+def _replace(root: nn.Module, target: str, module: nn.Module) -> None:
+    parent, _, name = target.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, name, module)
+
+
+def int8_available() -> bool:
+    """True if this torch has dynamic int8 quantisation of Linear layers for the CPU."""
+    try:
+        from torch.ao.quantization import quantize_dynamic  # noqa: F401
+    except ImportError:
+        return False
+    return torch.backends.quantized.engine != "none"
+
+
+def quantize_linears(tower: nn.Module, probe: Tensor) -> nn.Module:
+    """``tower`` (a float32 copy on the CPU) with every ``nn.Linear`` that its forward pass on
+    ``probe`` calls as a module quantised to int8 (weights per tensor, activations per batch).
+
+    Raises:
+        ValueError: No Linear layer is called as a module (a CNN tower), or this torch has
+            no dynamic int8 quantisation.
+    """
+    if not int8_available():
+        raise ValueError(
+            "precision: 'int8' needs torch.ao.quantization.quantize_dynamic and a quantized "
+            f"engine, which torch {torch.__version__} lacks here; use 'fp32-fast' or 'bf16'"
+        )
+    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
+
+    names = {id(m): name for name, m in tower.named_modules() if type(m) is nn.Linear}
+    called: set[str] = set()
+    handles = [
+        m.register_forward_hook(lambda m, _args, _out: called.add(names[id(m)]))
+        for m in tower.modules()
+        if id(m) in names
+    ]
+    try:
+        with torch.inference_mode():
+            tower(probe)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not called:
+        raise ValueError(
+            f"precision: 'int8' quantises the Linear layers of a tower, and this one "
+            f"({type(tower).__name__}) calls none (its work is in convolutions); use "
+            "'fp32-fast' or 'bf16'"
+        )
+    with warnings.catch_warnings():  # torch's deprecation notices are not the caller's to act on
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(
+            tower, dict.fromkeys(called, default_dynamic_qconfig), dtype=torch.qint8, inplace=True
+        )
+
+
+class CompiledTower:
+    """``torch.compile`` of a tower copy, compiled for each batch size it first meets.
+
+    A batch smaller than a size already compiled is padded up to it with zero images (their
+    embeddings are dropped), so a run's last, partial chunk costs no new compilation. If
+    compiling or running the compiled tower fails, one ``RuntimeWarning`` says so and every
+    later batch runs on the eager copy.
+    """
+
+    def __init__(self, tower: nn.Module) -> None:
+        self.eager = tower
+        self.compiled: nn.Module | None = torch.compile(tower, dynamic=False)
+        self.sizes: list[int] = []
+
+    def __call__(self, images: Tensor) -> Tensor:
+        """The tower's output for ``images`` ``(B, ...)``."""
+        if self.compiled is None:
+            return self.eager(images)
+        n = images.shape[0]
+        size = min((s for s in self.sizes if s >= n), default=n)
+        padded = images
+        if size > n:
+            padded = torch.cat([images, images.new_zeros((size - n, *images.shape[1:]))])
+            padded = padded.contiguous(memory_format=_memory_format(images))
+        try:
+            out = self.compiled(padded)
+        except Exception as error:  # any compiler failure: run eagerly
+            self.compiled = None
+            warnings.warn(
+                f"precision: torch.compile failed ({type(error).__name__}: "
+                f"{str(error).strip().splitlines()[0][:200] if str(error).strip() else ''}); "
+                "the masked passes run on the uncompiled float32 copy",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return self.eager(images)
+        if size not in self.sizes:
+            self.sizes.append(size)
+        return out[:n]
+
+
+def _memory_format(images: Tensor) -> torch.memory_format:
+    channels_last = images.dim() == 4 and images.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+_PROBES: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+
+def weights_fingerprint(tower: nn.Module) -> tuple[tuple[object, ...], Tensor]:
+    """What a copy of ``tower`` depends on: its modules (identity and type) and the tensors'
+    shapes, dtypes and devices, and one checksum tensor over their values.
+
+    Each floating tensor contributes its dot product with a fixed random vector (which moves
+    when any value moves, or values trade places) and the integer sum of its bits (which
+    moves with any single changed value, however small); other tensors their integer sum and
+    position-weighted sum. Computed from the values, it sees writes through ``.data``, which
+    version counters do not.
+    """
+    tensors = [t.detach() for t in chain(tower.parameters(), tower.buffers())]
+    structure = (
+        tuple((id(m), type(m)) for m in tower.modules()),
+        tuple((tuple(t.shape), t.dtype, t.device) for t in tensors),
+    )
+    sums = [s for t in tensors if t.numel() for s in _checksums(t.reshape(-1))]
+    checksum = torch.stack([s.to("cpu", torch.float64) for s in sums]) if sums else torch.zeros(0)
+    return structure, checksum
+
+
+def _checksums(flat: Tensor) -> tuple[Tensor, Tensor]:
+    if flat.is_floating_point():
+        probe = _probe(flat.device, flat.dtype, flat.numel())
+        bits = {8: torch.int64, 4: torch.int32, 2: torch.int16}[flat.element_size()]
+        return torch.dot(flat, probe), flat.view(bits).sum(dtype=torch.int64)
+    values = flat.to(torch.int64)
+    weights = _probe(flat.device, torch.float32, flat.numel()).mul(1024).to(torch.int64)
+    return values.sum(), (values * weights).sum()
+
+
+def _probe(device: torch.device, dtype: torch.dtype, n: int) -> Tensor:
+    """``frac(0.618... * i) - 0.5`` for i < ``n`` (a fixed, evenly spread sequence) on ``device``
+    in ``dtype``; the longest asked for is kept, and its first ``n`` values returned.
+    """
+    key = (device, dtype)
+    probe = _PROBES.get(key)
+    if probe is None or probe.numel() < n:
+        positions = torch.arange(max(n, 1 << 16), dtype=torch.float64)
+        probe = positions.mul_(0.6180339887498949).frac_().sub_(0.5).to(device, dtype)
+        _PROBES[key] = probe
+    return probe[:n]
