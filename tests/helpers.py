@@ -4,6 +4,8 @@ prompt embeddings, and the paper's algorithm written naively (imported as ``test
 from __future__ import annotations
 
 import shutil
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import open_clip
@@ -109,3 +111,28 @@ def chromium() -> tuple[str | None, str | None]:
         (shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None
     )
     return browser, shutil.which("chromedriver")
+
+
+def on_threads(
+    explain: Callable[[int], torch.Tensor], jobs: int, threads: int = 4
+) -> tuple[dict[int, torch.Tensor], list[BaseException]]:
+    """``explain(i)`` for every job ``i < jobs``, spread over ``threads`` threads released
+    together; returns the results by job and the exceptions the threads met."""
+    start = threading.Barrier(threads)
+    results: dict[int, torch.Tensor] = {}
+    errors: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        start.wait()
+        try:
+            for i in range(worker, jobs, threads):
+                results[i] = explain(i)
+        except BaseException as error:  # reported by the caller; the traceback is lost
+            errors.append(error)
+
+    running = [threading.Thread(target=work, args=(w,)) for w in range(threads)]
+    for thread in running:
+        thread.start()
+    for thread in running:
+        thread.join()
+    return results, errors

@@ -4,8 +4,6 @@ attention of timm's modules."""
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 import torch
@@ -24,7 +22,7 @@ from captum_gscorecam.methods import applicable_methods, check_method, explain_m
 from captum_gscorecam.rollout import AttentionRollout
 from captum_gscorecam.shapes import render_scene
 from captum_gscorecam.visualization import upsample
-from tests.helpers import images_for, texts, tiny_rn, tiny_vit
+from tests.helpers import images_for, on_threads, texts, tiny_rn, tiny_vit
 from tests.tower_models import TOWERS, WIDTH, hf_clip, timm_vit
 
 METHODS = {"legrad": LeGrad, "grad_eclip": GradECLIP, "rollout": AttentionRollout}
@@ -168,24 +166,9 @@ def test_threads_sharing_a_model_get_sequential_maps(method, model_state):
     jobs = [(images_for(model, 1, seed=s), texts(1, 2, seed=s + 50)) for s in range(8)]
     cam = METHODS[method](model)
     sequential = [cam.attribute(x, target=text) for x, text in jobs]
-    start = threading.Barrier(4)
-    results: dict[int, torch.Tensor] = {}
-    errors: list[BaseException] = []
-
-    def work(worker: int) -> None:
-        start.wait()
-        try:
-            for i in range(worker, len(jobs), 4):  # a second explainer of the same model
-                x, text = jobs[i]
-                results[i] = METHODS[method](model).attribute(x, target=text)
-        except BaseException as error:
-            errors.append(error)
-
-    threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results, errors = on_threads(  # a second explainer of the same model on each thread
+        lambda i: METHODS[method](model).attribute(jobs[i][0], target=jobs[i][1]), len(jobs)
+    )
     assert errors == []
     for i, expected in enumerate(sequential):
         torch.testing.assert_close(results[i], expected, atol=0, rtol=0)

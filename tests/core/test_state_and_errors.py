@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import threading
 import weakref
 
 import pytest
@@ -23,7 +22,7 @@ from captum_gscorecam.clip import image_features
 from captum_gscorecam.engine import exclusive
 from captum_gscorecam.methods import explain_maps
 from captum_gscorecam.towers import image_input
-from tests.helpers import images_for, texts, tiny_rn, tiny_vit
+from tests.helpers import images_for, on_threads, texts, tiny_rn, tiny_vit
 from tests.tower_models import TOWERS
 
 
@@ -296,23 +295,7 @@ def test_threads_sharing_a_model_get_sequential_maps(method, model_state):
     jobs = [(images_for(model, 1, seed=s), texts(1, 2, seed=s + 50)) for s in range(8)]
     sequential = [explain_maps(model, x, text, method, topk=8) for x, text in jobs]
     assert model_state(model) == before
-    start = threading.Barrier(4)
-    results: dict[int, torch.Tensor] = {}
-    errors: list[BaseException] = []
-
-    def work(worker: int) -> None:
-        start.wait()
-        try:
-            for i in range(worker, len(jobs), 4):
-                results[i] = explain_maps(model, *jobs[i], method, topk=8)
-        except BaseException as error:  # reported below, with the thread's traceback lost
-            errors.append(error)
-
-    threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results, errors = on_threads(lambda i: explain_maps(model, *jobs[i], method, topk=8), len(jobs))
     assert errors == []
     for i, expected in enumerate(sequential):
         torch.testing.assert_close(results[i], expected, atol=0, rtol=0)
