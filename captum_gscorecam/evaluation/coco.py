@@ -420,13 +420,18 @@ def rle_decode(rle: Mapping[str, object]) -> np.ndarray:
 def _file_problem(
     path: Path, size: tuple[int, int], annotations: Path, image_id: str
 ) -> str | None:
-    """Why an image is skipped ("missing", "unreadable"), or None; raise if its size is wrong."""
+    """Why an image is skipped ("missing", "unreadable"), or None; raise if its size is wrong.
+
+    The image is decoded in full, so one damaged past its header is skipped here, before the
+    model loads, not met in the middle of a run.
+    """
     if not path.is_file():
         return "missing"
     try:
         with Image.open(path) as image:
+            image.load()
             actual = image.size
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+    except (UnidentifiedImageError, OSError, SyntaxError, EOFError, Image.DecompressionBombError):
         return "unreadable"
     if actual != size:
         raise ValueError(

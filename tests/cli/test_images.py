@@ -110,3 +110,27 @@ def test_a_fifo_in_a_folder_is_not_one_of_its_photos(tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
     os.mkfifo(tmp_path / "b.png")
     assert expand_images([str(tmp_path)]) == [tmp_path / "a.png"]
+
+
+def test_a_coco_image_damaged_past_its_header_is_skipped_when_read(tmp_path):
+    """Decoded in full when the COCO folder is read (before a model loads), not mid-run."""
+    import json
+    import warnings
+
+    from captum_gscorecam.evaluation import coco_examples
+    from captum_gscorecam.shapes import export_coco
+
+    export_coco(tmp_path, (10_000_000, 10_000_001), n_objects=2, size=64)
+    data = json.loads((tmp_path / "annotations" / "instances.json").read_text())
+    damaged = tmp_path / "images" / data["images"][0]["file_name"]
+    whole = damaged.read_bytes()
+    damaged.write_bytes(whole[: len(whole) * 2 // 3])
+    with Image.open(damaged) as header_only:
+        assert header_only.size == (64, 64)  # the header is whole
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        examples = coco_examples(tmp_path, 64)
+    assert [str(w.message) for w in caught if "skipped" in str(w.message)] == [
+        f"images: skipped 1 not image files ({damaged.name}) in {tmp_path / 'images'}"
+    ]
+    assert {e.image_id for e in examples} == {str(data["images"][1]["id"])}
