@@ -281,8 +281,13 @@ class ReducedTower:
         """
         if precision != self.precision:
             return False
-        structure, checksum = weights_fingerprint(image_tower(model))
-        return structure == self.fingerprint[0] and torch.equal(checksum, self.fingerprint[1])
+        structure, (dots, sums) = weights_fingerprint(image_tower(model))
+        fingerprint, (copied_dots, copied_sums) = self.fingerprint
+        return (
+            structure == fingerprint
+            and torch.equal(dots, copied_dots)
+            and torch.equal(sums, copied_sums)
+        )
 
     def embed_images(self, images: Tensor) -> Tensor:
         """L2-normalised float32 image embeddings ``(N, D)`` from the copy."""

@@ -200,34 +200,40 @@ def _memory_format(images: Tensor) -> torch.memory_format:
 _PROBES: dict[tuple[torch.device, torch.dtype], Tensor] = {}
 
 
-def weights_fingerprint(tower: nn.Module) -> tuple[tuple[object, ...], Tensor]:
+def weights_fingerprint(tower: nn.Module) -> tuple[tuple[object, ...], tuple[Tensor, Tensor]]:
     """What a copy of ``tower`` depends on: its modules (identity and type) and the tensors'
-    shapes, dtypes and devices, and one checksum tensor over their values.
+    shapes, dtypes and devices; and checksums of their values, on the CPU.
 
-    Each floating tensor contributes its dot product with a fixed random vector (which moves
-    when any value moves, or values trade places) and the integer sum of its bits (which
-    moves with any single changed value, however small); other tensors their integer sum and
-    position-weighted sum. Computed from the values, it sees writes through ``.data``, which
-    version counters do not.
+    Each floating tensor contributes its dot product with a fixed sequence (which moves when
+    values move or trade places) and the integer sum of its bits (which moves with any single
+    changed value, however small); other tensors their sum and a position-weighted sum.
+    Computed from the values, they see writes through ``.data``, which version counters do
+    not; each list is moved off the device once.
     """
     tensors = [t.detach() for t in chain(tower.parameters(), tower.buffers())]
     structure = (
         tuple((id(m), type(m)) for m in tower.modules()),
         tuple((tuple(t.shape), t.dtype, t.device) for t in tensors),
     )
-    sums = [s for t in tensors if t.numel() for s in _checksums(t.reshape(-1))]
-    checksum = torch.stack([s.to("cpu", torch.float64) for s in sums]) if sums else torch.zeros(0)
-    return structure, checksum
+    dots: list[Tensor] = []
+    sums: list[Tensor] = []
+    for tensor in tensors:
+        flat = tensor.reshape(-1)
+        if flat.numel() == 0:
+            continue
+        if flat.is_floating_point():
+            bits = {8: torch.int64, 4: torch.int32, 2: torch.int16}[flat.element_size()]
+            dots.append(torch.dot(flat, _probe(flat.device, flat.dtype, flat.numel())).float())
+            sums.append(flat.view(bits).sum(dtype=torch.int64))
+        else:
+            values = flat.to(torch.int64)
+            weights = _probe(flat.device, torch.float32, flat.numel()).mul(1024).to(torch.int64)
+            sums += [values.sum(), (values * weights).sum()]
+    return structure, (_stacked(dots, torch.float32), _stacked(sums, torch.int64))
 
 
-def _checksums(flat: Tensor) -> tuple[Tensor, Tensor]:
-    if flat.is_floating_point():
-        probe = _probe(flat.device, flat.dtype, flat.numel())
-        bits = {8: torch.int64, 4: torch.int32, 2: torch.int16}[flat.element_size()]
-        return torch.dot(flat, probe), flat.view(bits).sum(dtype=torch.int64)
-    values = flat.to(torch.int64)
-    weights = _probe(flat.device, torch.float32, flat.numel()).mul(1024).to(torch.int64)
-    return values.sum(), (values * weights).sum()
+def _stacked(values: list[Tensor], dtype: torch.dtype) -> Tensor:
+    return torch.stack(values).cpu() if values else torch.zeros(0, dtype=dtype)
 
 
 def _probe(device: torch.device, dtype: torch.dtype, n: int) -> Tensor:

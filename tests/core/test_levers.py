@@ -206,21 +206,34 @@ def test_a_data_write_between_two_bf16_calls_changes_the_map_as_fp32_does(rn):
 
 def test_the_fingerprint_sees_any_change_of_any_value():
     tower = tiny_vit().visual
-    structure, checksum = weights_fingerprint(tower)
-    assert torch.equal(weights_fingerprint(tower)[1], checksum)  # deterministic
+    structure, (dots, sums) = weights_fingerprint(tower)
+    again = weights_fingerprint(tower)[1]
+    assert torch.equal(again[0], dots)  # deterministic
+    assert torch.equal(again[1], sums)
+    assert dots.device.type == sums.device.type == "cpu"
     p = tower.transformer.resblocks[0].mlp.c_fc.weight
-    edits = [
-        lambda: p.data.view(-1)[7].copy_(torch.nextafter(p.data.view(-1)[7], torch.tensor(9.0))),
-        lambda: p.data.view(-1)[:2].copy_(p.data.view(-1)[:2].flip(0).clone()),
-        lambda: p.data.mul_(1.5),
-    ]
-    for edit in edits:
+    one = p.data.view(-1)[7:8]
+    edits = {  # which checksum each edit must move: (the dot products, the bit sums)
+        "one value by one ulp": (lambda: one.copy_(torch.nextafter(one, one + 1)), (False, True)),
+        "two values trade places": (
+            lambda: p.data.view(-1)[:2].copy_(p.data.view(-1)[:2].flip(0).clone()),
+            (True, False),
+        ),
+        "every value": (lambda: p.data.mul_(1.5), (True, True)),
+    }
+    for name, (edit, moves) in edits.items():
         saved = p.data.clone()
         edit()
-        assert weights_fingerprint(tower)[0] == structure
-        assert not torch.equal(weights_fingerprint(tower)[1], checksum)
+        changed_structure, (new_dots, new_sums) = weights_fingerprint(tower)
+        assert changed_structure == structure, name
+        if moves[0]:
+            assert not torch.equal(new_dots, dots), name
+        if moves[1]:
+            assert not torch.equal(new_sums, sums), name
         p.data.copy_(saved)
-        assert torch.equal(weights_fingerprint(tower)[1], checksum)
+        restored = weights_fingerprint(tower)[1]
+        assert torch.equal(restored[0], dots), name
+        assert torch.equal(restored[1], sums), name
     tower.transformer.resblocks[0].mlp.gelu = nn.ReLU()  # no weights, another function
     assert weights_fingerprint(tower)[0] != structure
 
