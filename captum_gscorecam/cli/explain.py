@@ -120,7 +120,6 @@ def run(args: argparse.Namespace) -> None:
     """
     from captum_gscorecam.images import check_image, expand_images
     from captum_gscorecam.loading import check_model, find_layer, resolve_device
-    from captum_gscorecam.methods import check_method
 
     if dataset.wanted(args):
         _check_method_options(args)
@@ -139,6 +138,8 @@ def run(args: argparse.Namespace) -> None:
         check_model(*chosen_model(args))
         device = resolve_device(args.device)
         model, preprocess, tokenizer = load_chosen_model(args, device)
+    from captum_gscorecam.methods import check_method  # torch: after the checks above
+
     try:
         check_method(model, args.method)
     except ValueError as error:
