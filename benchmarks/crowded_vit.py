@@ -22,7 +22,9 @@ It also draws a few 6-object scenes where gScoreCAM misses and ScoreCAM hits.
 from __future__ import annotations
 
 import argparse
+import platform
 from collections import defaultdict
+from datetime import date
 from pathlib import Path
 from unittest import mock
 
@@ -141,6 +143,8 @@ def main() -> None:
                     shown.append((scene, t, up[0], up[1], (x, y)))
     lines = [
         f"# Where gScoreCAM's ViT maps go wrong: {args.model}, {args.scenes} scenes per count",
+        "",
+        f"Measured {date.today()} on {platform.machine()}, 1 thread, torch {torch.__version__}.",
         "",
         f"gScoreCAM keeps the {args.topk:.0%} of channels with the largest class-token "
         "gradient; ScoreCAM (gScoreCAM at k = 100%) weights all channels by the softmax of "

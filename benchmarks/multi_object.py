@@ -11,7 +11,7 @@ one model's runs have but another's lack, which the registry allows on some towe
 listed in that model's table as not run. The pointing chance (a peak on a uniformly random
 pixel) is computed from the kept scenes.
 
-    python benchmarks/multi_object.py RUN_FOLDER... --out FOLDER [--scenes N]
+    python benchmarks/multi_object.py RUN_FOLDER... --out FOLDER [--scenes N] [--label KEY=TEXT]
 
 writes ``FOLDER/<model>/results.json.gz`` and ``results.md`` per model and
 ``FOLDER/pointing-by-objects.png``.
@@ -164,7 +164,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--scenes", type=int, default=None, help="keep the first N scenes")
     parser.add_argument("--size", type=int, default=224, help="the models' input size (px)")
+    parser.add_argument(
+        "--label", action="append", default=[], metavar="KEY=TEXT", help="rename a method"
+    )
     args = parser.parse_args(argv)
+    renamed = dict(label.split("=", 1) for label in args.label)
     by_model: dict[str, list[dict[str, object]]] = {}
     for folder in args.folders:
         results = read_results(folder)
@@ -173,6 +177,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     for model, absent in not_applicable(merged).items():
         merged[model]["not_applicable"] = absent
         merged[model]["labels"] |= {key: SPECS[key].label for key in absent}
+        merged[model]["labels"] |= {
+            k: v for k, v in renamed.items() if k in merged[model]["labels"]
+        }
     for model, results in merged.items():
         results["pointing_chance"] = chance(results, args.size)
         folder = args.out / model

@@ -225,7 +225,7 @@ def test_the_script_merges_runs_per_model_and_draws_the_figure(tmp_path, monkeyp
     stored_run(runs / "rn-cheap", "shapes-rn", ["gscorecam", "uniform"], 0.1, ["7", "8", "9"])
     out = tmp_path / "merged"
     folders = [str(runs / name) for name in ("vit-cheap", "vit-k100", "rn-cheap")]
-    argv = ["multi_object.py", *folders, "--out", str(out), "--size", "64"]
+    argv = ["multi_object.py", *folders, "--out", str(out), "--size", "64", "--label", "uniform=U"]
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(str(BENCHMARKS / "multi_object.py"), run_name="__main__")
     assert (out / "pointing-by-objects.png").read_bytes()[:4] == PNG_MAGIC
@@ -233,6 +233,7 @@ def test_the_script_merges_runs_per_model_and_draws_the_figure(tmp_path, monkeyp
     assert vit["config"]["methods"] == ["gscorecam@0.5", "hilacam", "uniform", "gscorecam@1.0"]
     assert vit["labels"]["gscorecam@1.0"] == "gScoreCAM (k = 100% of channels)"
     assert vit["images"] == 2  # only the scenes every run finished
+    assert vit["labels"]["uniform"] == "U"
     assert list(vit["by_count"]) == ["2", "6"]
     assert vit["by_count"]["6"]["gscorecam@1.0"]["pointing"] == 1.0
     expected = shapes_examples([7, 8], size=64, counts=[1, 2, 6])
