@@ -27,6 +27,7 @@ from captum_gscorecam.shapes.models import make_preprocess
 from captum_gscorecam.towers import token_blocks
 from captum_gscorecam.visualization import (
     captum_map,
+    map_ranges,
     no_crop,
     overlay,
     photo_figure,
@@ -366,16 +367,25 @@ def _drawn(ax) -> np.ndarray:
     return np.asarray(image.get_array())
 
 
+def _maps_and_bars(fig) -> tuple[list, list]:
+    axes = fig.axes
+    return [a for a in axes if a.get_label() != "<colorbar>"], [
+        a for a in axes if a.get_label() == "<colorbar>"
+    ]
+
+
 def test_photo_figure_draws_the_overlay_of_each_map_titled_with_its_score():
     photo = blob_photo(90, 60, 30, 20)
     maps = to_photo(torch.rand(2, 7, 7), photo.size, clip_preprocess(32))
-    fig = photo_figure(photo, maps, ["a dog", "a cat"], [1.234, -0.5], "gScoreCAM")
-    assert len(fig.axes) == 2
-    for ax, saliency in zip(fig.axes, maps, strict=True):
-        # drawn as uint8 (the figure holds every panel until saved)
-        expected = np.rint(overlay(photo, saliency) * 255).astype(np.uint8)
-        np.testing.assert_array_equal(_drawn(ax), expected)
-    assert [ax.get_title() for ax in fig.axes] == [
+    fig = photo_figure(
+        photo, maps, ["a dog", "a cat"], [1.234, -0.5], "gScoreCAM", scale="per-prompt"
+    )
+    panels, bars = _maps_and_bars(fig)
+    assert len(panels) == 2
+    for ax, bar, saliency in zip(panels, bars, maps, strict=True):
+        np.testing.assert_array_equal(_drawn(ax), _uint8(overlay(photo, saliency)))
+        assert bar.get_ylim() == pytest.approx((np.nanmin(saliency), np.nanmax(saliency)))
+    assert [ax.get_title() for ax in panels] == [
         "gScoreCAM: 'a dog'  (score 1.23)",
         "gScoreCAM: 'a cat'  (score -0.50)",
     ]
@@ -383,6 +393,80 @@ def test_photo_figure_draws_the_overlay_of_each_map_titled_with_its_score():
         photo_figure(photo, maps, ["one prompt"], [1.0, 2.0], "gScoreCAM")
     with pytest.raises(ValueError, match=r"scores: expected one per map \(2\), got 3"):
         photo_figure(photo, maps, ["a", "b"], [1.0, 2.0, 3.0], "gScoreCAM")
+    with pytest.raises(ValueError, match="scale: expected one of"):
+        photo_figure(photo, maps, ["a", "b"], [1.0, 2.0], "gScoreCAM", scale="per-photo")
+
+
+def test_the_shared_scale_shows_a_rejected_prompt_cold_and_says_its_values():
+    photo = blob_photo(90, 60, 30, 20)
+    strong = to_photo(torch.rand(1, 7, 7) + 1, photo.size, clip_preprocess(32))[0]
+    maps = [strong, strong * 0.01]  # the same shape, a hundredth of the strength
+    shared = photo_figure(photo, maps, ["a dog", "a cat"], [1.0, 0.0], "gScoreCAM")
+    panels, bars = _maps_and_bars(shared)
+    low, high = np.nanmin(maps[1]), np.nanmax(maps[0])
+    for ax, saliency in zip(panels, maps, strict=True):
+        expected = _uint8(overlay(photo, saliency, vmin=low, vmax=high))
+        np.testing.assert_array_equal(_drawn(ax), expected)
+    (bar,) = bars  # one colour bar, in the maps' values
+    assert bar.get_xlim() == pytest.approx((low, high))
+    assert "one scale for every prompt" in bar.get_title()
+    jet_top = np.array(matplotlib.colormaps["jet"](1.0)[:3])
+    pixels = np.asarray(photo) / 255.0
+    colours = [2 * _drawn(ax) / 255 - pixels for ax in panels]  # alpha 0.5: the map's colour
+    known = np.isfinite(strong)  # not the crop's hatched border
+    hottest = [np.abs(colour[known] - jet_top).sum(-1).min() for colour in colours]
+    assert hottest[0] < 0.02 < 0.5 < hottest[1]  # only the strong map reaches the hot end
+    own = photo_figure(photo, maps, ["a", "b"], [1.0, 0.0], "m", scale="per-prompt")
+    drawn = [_drawn(ax) for ax in _maps_and_bars(own)[0]]
+    np.testing.assert_allclose(drawn[0], drawn[1], atol=1)  # on its own range: alike
+
+
+def test_the_title_block_says_what_made_the_figure_and_warns_in_red():
+    photo = blob_photo(90, 60, 30, 20)
+    maps = to_photo(torch.rand(1, 7, 7), photo.size, clip_preprocess(32))
+    title = " | ".join(["gScoreCAM", "k=26/256", "RN50 (RANDOM WEIGHTS)", "fp32 on cpu"] * 3)
+    warning = "warning: RN50 has RANDOM WEIGHTS: its maps and scores mean nothing"
+    fig = photo_figure(photo, maps, ["a"], [1.0], "gScoreCAM", title=title, warnings=[warning])
+    header = [(text.get_text(), text.get_color()) for text in fig.subfigs[0].texts]
+    black = [line for line, colour in header if colour == "black"]
+    assert len(black) > 1  # wrapped to the figure's width, between the title's parts
+    assert " | ".join(black) == title
+    assert [line for line, colour in header if colour == "red"] == [warning]
+    assert not _maps_and_bars(photo_figure(photo, maps, ["a"], [1.0], "m"))[0][0].figure.subfigs
+
+
+def test_map_ranges():
+    a = np.array([[0.5, np.nan], [2.0, 1.0]])
+    b = np.array([[-1.0, 0.0], [0.25, np.nan]])
+    assert map_ranges([a, b]) == [(-1.0, 2.0), (-1.0, 2.0)]
+    assert map_ranges([a, b], "per-prompt") == [(0.5, 2.0), (-1.0, 0.25)]
+    assert map_ranges([np.full((2, 2), np.nan), a], "per-prompt") == [(0.0, 0.0), (0.5, 2.0)]
+    assert map_ranges([np.full((2, 2), np.nan)]) == [(0.0, 0.0)]
+    with pytest.raises(ValueError, match="scale"):
+        map_ranges([a], "global")
+
+
+def test_overlay_on_a_given_range():
+    photo = photo_array()
+    saliency = np.tile(np.linspace(1, 3, 60, dtype=np.float32), (40, 1))
+    np.testing.assert_array_equal(
+        overlay(photo, saliency, vmin=1, vmax=3), overlay(photo, saliency)
+    )
+    wide = overlay(photo, saliency, vmin=0, vmax=6)  # the map spans a third: never hot
+    jet = matplotlib.colormaps["jet"]
+    np.testing.assert_allclose(wide[0, -1], 0.5 * photo[0, -1] / 255 + 0.5 * np.array(jet(0.5)[:3]))
+    clipped = overlay(photo, saliency, vmin=0, vmax=2)  # above vmax: the hot end
+    np.testing.assert_allclose(
+        clipped[0, -1], 0.5 * photo[0, -1] / 255 + 0.5 * np.array(jet(1.0)[:3])
+    )
+    for kwargs, error in (
+        ({"vmin": 2, "vmax": 1}, ValueError),
+        ({"vmin": np.nan}, ValueError),
+        ({"vmax": "1"}, TypeError),
+        ({"vmin": True}, TypeError),
+    ):
+        with pytest.raises(error, match=r"vmin|vmax"):
+            overlay(photo, saliency, **kwargs)
 
 
 def test_show_maps_draws_the_same_overlays_as_photo_figure():
@@ -390,7 +474,8 @@ def test_show_maps_draws_the_same_overlays_as_photo_figure():
     images = [rng.random((16, 16, 3)) for _ in range(2)]
     maps = [[rng.random((16, 16)), np.zeros((16, 16))] for _ in range(2)]
     fig = show_maps(images, maps, ["a dog", "a cat"], ["gScoreCAM", "LayerGradCam"])
-    axes = np.array(fig.axes).reshape(2, 3)
+    panels, bars = _maps_and_bars(fig)
+    axes = np.array(panels).reshape(2, 3)
     for r in range(2):
         np.testing.assert_array_equal(_drawn(axes[r, 0]), images[r])
         for m in range(2):
@@ -400,3 +485,19 @@ def test_show_maps_draws_the_same_overlays_as_photo_figure():
         assert not axes[r, 1].texts
     assert [ax.get_title() for ax in axes[0]] == ["image", "gScoreCAM", "LayerGradCam"]
     assert axes[1, 0].get_ylabel() == "a cat"
+    (bar,) = bars  # each map on its own range, as the colour bar says
+    assert [label.get_text() for label in bar.get_xticklabels()] == [
+        "each map's minimum",
+        "its maximum",
+    ]
+    # on one range: the same overlays as photo_figure's shared scale, and the bar in values
+    fig = show_maps(images, maps, ["a", "b"], ["m", "n"], vmin=0, vmax=2, colorbar_label="v")
+    panels, (bar,) = _maps_and_bars(fig)
+    np.testing.assert_array_equal(_drawn(panels[1]), overlay(images[0], maps[0][0], vmin=0, vmax=2))
+    assert bar.get_xlim() == (0, 2)
+    assert bar.get_title() == "v"
+
+
+def _uint8(image: np.ndarray) -> np.ndarray:
+    """An overlay as photo_figure draws it: uint8 (the figure holds every panel until saved)."""
+    return np.rint(image * 255).astype(np.uint8)
