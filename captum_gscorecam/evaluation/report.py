@@ -73,6 +73,14 @@ MEANINGS = {
     "the cost of one map (image-prompt), steadier than wall time on a shared machine; lower "
     "is cheaper.",
 }
+# Line colours of write_count_chart: matplotlib's ten, then four darker ones (black is chance).
+PALETTE = (
+    *(f"C{i}" for i in range(10)),
+    "#8b0000",
+    "#006400",
+    "#00008b",
+    "#b8860b",
+)
 # The metrics of the tables per exact object count.
 COUNT_METRICS = (
     ("pointing game", "pointing"),
@@ -365,7 +373,7 @@ def write_count_chart(
     if not runs or any(not run.get("by_count") for run in runs):
         raise ValueError("runs: expected results with by_count (evaluate with by_count=True)")
     methods = list(dict.fromkeys(m for run in runs for m in run["summary"]))
-    colours = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    colours = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(methods)}
     styles = {m: "-" if i < 10 else "--" for i, m in enumerate(methods)}
     fig = Figure(figsize=(1.0 + 4.8 * len(runs), 5.6))
     axes = fig.subplots(1, len(runs), squeeze=False)[0]
@@ -403,7 +411,7 @@ def write_count_chart(
             reasons = "; ".join(sorted(set(absent.values())))
             ax.text(
                 0.0,
-                -0.13,
+                -0.2,
                 f"not run ({reasons}): {names}",
                 transform=ax.transAxes,
                 fontsize=7,
