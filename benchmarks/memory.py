@@ -77,8 +77,11 @@ def main() -> None:
         saved = maps.stat().st_size / 2**20 if maps.exists() else 0.0
     megapixels = args.side * args.side / 1e6
     lines = [
-        f"# Peak memory of gscorecam explain ({date.today()}, {platform.processor() or 'cpu'}, "
-        f"load {os.getloadavg()[0]:.1f})",
+        f"# Peak memory of gscorecam explain ({date.today()}, {platform.machine()}, "
+        f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})",
+        "",
+        f"`{' '.join(['python', *sys.argv])}`: `gscorecam explain` on one photo with every "
+        "prompt, a figure and `--save-maps`, in a fresh process; peak RSS from `os.wait4`.",
         "",
         "| photo | prompts | model | method | peak RSS (MB) | wall (s) | maps .npy (MB) | exit |",
         "|---|---|---|---|---|---|---|---|",

@@ -112,3 +112,14 @@ def test_conventions_script(run_script):
         assert all(0 <= v <= 1 for v in values)
     assert "| LeGrad, every block (default) |" in text
     assert text.count(" 1.000 |\n") >= 2  # each default agrees with itself
+
+
+@pytest.mark.slow
+def test_memory_script(run_script):
+    text = run_script("memory.py", "--side", "300", "--prompts", "2")
+    assert "| 300 x 300 (0 MP) | 2 | shapes-rn | gscorecam |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| 300 x 300"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[-1] == "0"  # the command's exit status
+    assert float(cells[4]) > 100  # a peak RSS in MB was read
+    assert float(cells[6]) > 0  # the maps were written (2 x 300 x 300 float32)
