@@ -48,7 +48,9 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
             "per prompt (the map over the full photo; the border the model's centre crop cuts "
             "away is dimmed and hatched: it has no value), and a table of CLIP scores "
             "(logit_scale * cos; a row per photo, a column per prompt), printed and written as "
-            "scores.csv and scores.md beside the figures."
+            "scores.csv and scores.md beside the figures. Photos over 16 MP are drawn "
+            "downscaled (their maps keep full resolution). Outputs are checked before the model "
+            "loads and written whole; one that is a photo is refused."
         ),
         epilog=f"methods:\n{methods}",
     )

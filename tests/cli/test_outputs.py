@@ -540,3 +540,13 @@ def test_a_photo_over_the_display_limit_is_drawn_smaller_with_one_warning(
     ]
     assert np.load(tmp_path / "maps" / "big.npy").shape == (1, 64, 96)  # full resolution
     assert (tmp_path / "out" / "big.png").stat().st_size > 0
+
+
+def test_explain_help_states_the_display_limit(capsys):
+    from captum_gscorecam.cli import main
+    from captum_gscorecam.images import DISPLAY_MAX_PIXELS
+
+    with pytest.raises(SystemExit):
+        main(["explain", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"Photos over {DISPLAY_MAX_PIXELS / 1e6:g} MP are drawn downscaled" in text
