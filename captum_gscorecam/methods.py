@@ -11,6 +11,9 @@ from torch import Tensor, nn
 from captum_gscorecam.checks import check_topk, resolve_topk
 from captum_gscorecam.clip import image_features
 from captum_gscorecam.engine import restored
+from captum_gscorecam.loading import describe_weights
+from captum_gscorecam.precision import resolve_precision
+from captum_gscorecam.provenance import Provenance
 from captum_gscorecam.registry import SPECS, TOWERS, MethodSpec, method_spec
 
 __all__ = [
@@ -21,6 +24,7 @@ __all__ = [
     "explained_layer",
     "layer_path",
     "resolved_topk",
+    "run_provenance",
 ]
 
 METHODS = {key: spec.label for key, spec in SPECS.items()}
@@ -202,6 +206,64 @@ def resolved_topk(
     tokens = output.dim() == 3
     channels = int(output.shape[-1] if tokens else output.shape[1])
     return resolve_topk(topk, channels, tokens), channels
+
+
+def run_provenance(
+    model: nn.Module,
+    images: Tensor,
+    method: str,
+    *,
+    name: str,
+    pretrained: str | None = None,
+    topk: int | float | None = None,
+    template: str = "{}",
+    precision: str | torch.dtype | None = None,
+    layer: nn.Module | None = None,
+) -> Provenance:
+    r"""What :func:`explain_maps` runs for these arguments, as resolved, on a model that
+    ``loading.load_model(name, pretrained, ...)`` loaded.
+
+    Args:
+
+        model (torch.nn.Module): The CLIP model.
+        images (Tensor): Preprocessed images ``(N, 3, H, W)`` on the model's device; the first
+                    is run once through the image tower to read the layer's channels
+                    (:func:`resolved_topk`).
+        method (str): A key of the registry.
+        name (str): The model's name as ``load_model`` took it (``RN50``, ``shapes-rn``, ...).
+        pretrained (str, optional): Its pretrained tag or checkpoint file.
+                    Default: None
+        topk (int, float or None, optional): As :func:`explain_maps` takes it.
+                    Default: None
+        template (str, optional): The text around each prompt.
+                    Default: ``"{}"``
+        precision (str or torch.dtype, optional): As :func:`explain_maps` takes it.
+                    Default: None (fp32)
+        layer (torch.nn.Module, optional): The explained layer.
+                    Default: None (the method's default)
+
+    Returns:
+        *Provenance*: the method's label, k and the layer's channel count (methods with k),
+        the layer's path (methods with a layer), the model and where its weights come from
+        (``loading.describe_weights``), the template, the precision of the masked passes
+        (``precision.resolve_precision``; ``fp32`` for methods without them) and the device.
+    """
+    spec = method_spec(method)
+    device = next(model.parameters()).device
+    k = resolved_topk(model, images, method, topk, layer)
+    explained = explained_layer(model, method, layer)
+    masked = resolve_precision(precision, device, model) if spec.takes("precision") else None
+    return Provenance(
+        model=name,
+        weights=describe_weights(name, pretrained),
+        method=spec.label,
+        template=template,
+        precision="fp32" if masked is None else masked.name,
+        device=str(device),
+        k=None if k is None else k[0],
+        channels=None if k is None else k[1],
+        layer=None if explained is None else layer_path(model, explained),
+    )
 
 
 def _explainer(spec: MethodSpec, model: nn.Module, layer: nn.Module | None) -> Any:

@@ -54,20 +54,24 @@ class Provenance:
     """This package's version."""
 
     def line(self) -> str:
-        """One line, for a figure's title block and the terminal.
+        """One line, for a figure's title block and the terminal; its parts joined by `` | ``.
 
-        ``gScoreCAM k=205/2048 at visual.layer4 | RN50 (pretrained openai) | 'a photo of a {}' |
-        fp32 on cpu | captum-gscorecam 0.1.0``
+        ``gScoreCAM | k=205/2048 | layer visual.layer4 | RN50 (pretrained openai) |
+        'a photo of a {}' | fp32 on cpu | captum-gscorecam 0.1.0`` (no k or layer part for a
+        method without them).
         """
-        method = self.method
+        parts = [self.method]
         if self.k is not None:
-            method += f" k={self.k}" + ("" if self.channels is None else f"/{self.channels}")
+            parts.append(f"k={self.k}" + ("" if self.channels is None else f"/{self.channels}"))
         if self.layer is not None:
-            method += f" at {self.layer}"
-        return (
-            f"{method} | {self.model} ({self.weights}) | {self.template!r} | "
-            f"{self.precision} on {self.device} | captum-gscorecam {self.version}"
-        )
+            parts.append(f"layer {self.layer}")
+        parts += [
+            f"{self.model} ({self.weights})",
+            repr(self.template),
+            f"{self.precision} on {self.device}",
+            f"captum-gscorecam {self.version}",
+        ]
+        return " | ".join(parts)
 
     def as_dict(self) -> dict[str, str | int | None]:
         """The fields by name, for JSON (``run.json``, ``prompts.json``, an index)."""

@@ -27,10 +27,15 @@ from captum_gscorecam.cli.options import (
     usage_errors,
     wrapped,
 )
+from captum_gscorecam.cli.scores import append_scores, check_score_files, score_table
 from captum_gscorecam.registry import SPECS
 
 __all__ = ["add_parser", "run"]
 
+# The files --save-maps writes per photo: the maps, and what made them.
+SIDECARS = (".npy", ".json")
+# The colour scales of a figure (visualization.SCALES, which imports torch).
+SCALES = ("shared", "per-prompt")
 # The options that only some methods use, named as the registry names them.
 METHOD_OPTIONS = ("topk", "layer", "perturbations_per_eval")
 
@@ -47,10 +52,12 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
             "Explain each photo against every prompt. Writes one figure per photo with a row "
             "per prompt (the map over the full photo; the border the model's centre crop cuts "
             "away is dimmed and hatched: it has no value), and a table of CLIP scores "
-            "(logit_scale * cos; a row per photo, a column per prompt), printed and written as "
-            "scores.csv and scores.md beside the figures. Photos over 16 MP are drawn "
-            "downscaled (their maps keep full resolution). Outputs are checked before the model "
-            "loads and written whole; one that is a photo is refused."
+            "(logit_scale * cos; a row per photo, a column per prompt in its template), printed "
+            "and added to scores.csv and scores.md beside the figures (each run appended, with "
+            "the settings that made it). Every figure and table says what made it: model, "
+            "weights, method, k, layer, template, precision and device. Photos over 16 MP are "
+            "drawn downscaled (their maps keep full resolution). Outputs are checked before the "
+            "model loads and written whole; one that is a photo is refused."
         ),
         epilog=f"methods:\n{methods}",
     )
@@ -105,6 +112,13 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
         help="masked images per forward pass (default: the device's: 16 on CPU, 64 on GPU)",
     )
     add_precision_option(e)
+    e.add_argument(
+        "--scale",
+        choices=SCALES,
+        default="shared",
+        help="the colours of a photo's maps: shared (one scale for all its prompts, so a prompt "
+        "the model rejects looks cold) or per-prompt (each map from its own minimum to maximum)",
+    )
     dataset.add_options(e)
     e.set_defaults(run=run)
 
@@ -182,11 +196,13 @@ def _check_outputs(
     folder = figures[0].parent
     chosen = {"--out": [*figures, folder / "scores.md", folder / "scores.csv"]}
     if args.save_maps is not None:
-        maps = [args.save_maps / f"{path.stem}.npy" for path in paths]
+        maps = [args.save_maps / f"{path.stem}{suffix}" for path in paths for suffix in SIDECARS]
         chosen["--save-maps"] = [args.save_maps / "prompts.json", *maps]
     for option, outputs in chosen.items():
         with output_errors(option):
             check_outputs(outputs, paths)
+    with usage_errors():
+        check_score_files(folder)
 
 
 def _check_method_options(args: argparse.Namespace) -> None:
@@ -211,37 +227,89 @@ def _explain_photos(
     tokenizer: Any,
     layer: Any,
 ) -> None:
-    """The work of ``explain`` once everything is checked and the model is loaded."""
+    """The work of ``explain`` once everything is checked and the model is loaded: what makes
+    the maps said first (and warned about), then each photo, then the scores.
+    """
+    import warnings
+    from datetime import datetime
+
     from tqdm import tqdm
 
     from captum_gscorecam.clip import encode_text
-    from captum_gscorecam.outputs import make_folder, write_json, write_text
-    from captum_gscorecam.tables import csv_table, markdown_table
+    from captum_gscorecam.outputs import make_folder, write_json
     from captum_gscorecam.visualization import no_crop
 
+    run = datetime.now().isoformat(timespec="seconds")
     if args.no_crop:
         preprocess = no_crop(preprocess)
+    provenance = _provenance(args, paths[0], model, preprocess, layer)
+    print(provenance.line())
+    for warning in [*provenance.warnings(shapes_scene=False), *_slow(args, model)]:
+        print(f"gscorecam explain: {warning}", file=sys.stderr)
     text = encode_text(model, tokenizer, texts)[None]
     if args.save_maps is not None:
         write_json(args.save_maps / "prompts.json", args.prompt)
     folder = make_folder(figures[0].parent)
     rows, start = [], time.perf_counter()
-    with tqdm(paths, desc="images", unit="image") as bar:  # closed (a newline) before an error
+    with (
+        warnings.catch_warnings(),
+        tqdm(paths, desc="images", unit="image") as bar,  # closed (a newline) before an error
+    ):
+        warnings.filterwarnings("ignore", SLOW_WARNING)  # said once above
         for path, figure in zip(bar, figures, strict=True):
             began = time.perf_counter()
-            scores = _explain_photo(args, path, figure, text, model, preprocess, layer)
+            scores = _explain_photo(args, path, figure, text, texts, model, preprocess, layer,
+                                    provenance)  # fmt: skip
             rows.append((str(path), scores, time.perf_counter() - began))
     elapsed = time.perf_counter() - start
-    table = markdown_table(*_score_table(rows, args.prompt, ".2f", ".1f"))
-    write_text(folder / "scores.md", table + "\n")
-    write_text(folder / "scores.csv", csv_table(*_score_table(rows, args.prompt, ".4f", ".2f")))
-    print(f"CLIP scores (logit_scale * cos), {chosen_model(args)[0]}, {SPECS[args.method].label}:")
-    print(table)
+    written = append_scores(folder, run, rows, args.prompt, texts, provenance)
+    print("CLIP scores (logit_scale * cos):")
+    print(score_table(rows, texts))
     print(f"{len(paths)} image(s) x {len(texts)} prompt(s) in {elapsed:.1f} s")
     named = figures[0] if len(figures) == 1 else f"{len(figures)} figures in {folder}"
-    print(f"wrote {named}, {folder / 'scores.csv'}, {folder / 'scores.md'}")
+    print(f"wrote {named}, {written[0]}, {written[1]} (this run's rows added)")
     if args.save_maps is not None:
-        print(f"wrote {len(paths)} map(s) (T, H, W) and prompts.json to {args.save_maps}")
+        print(
+            f"wrote {len(paths)} map(s) (T, H, W), each with its <image>.json (prompts, texts, "
+            f"scores, settings), and prompts.json to {args.save_maps}"
+        )
+
+
+def _provenance(
+    args: argparse.Namespace, first: Path, model: Any, preprocess: Any, layer: Any
+) -> Any:
+    """What makes this run's maps, as resolved (k read from the layer on the first photo)."""
+    from captum_gscorecam.images import read_image
+    from captum_gscorecam.methods import run_provenance
+
+    name, pretrained = chosen_model(args)
+    try:
+        image = preprocess(read_image(first))[None].to(next(model.parameters()).device)
+    except ValueError as error:  # damaged past its header, which was checked up front
+        raise UsageError(str(error)) from None
+    return run_provenance(
+        model, image, args.method, name=name, pretrained=pretrained, topk=args.topk,
+        template=args.template, precision=args.precision, layer=layer,
+    )  # fmt: skip
+
+
+# What precision.warn_if_slow says (a bf16 / fp16 the CPU emulates), said once before the work.
+SLOW_WARNING = r"precision=.* runs the masked passes slower than 'fp32'"
+
+
+def _slow(args: argparse.Namespace, model: Any) -> list[str]:
+    """The warning that the masked passes' precision runs slower than fp32 here, if it does."""
+    import warnings
+
+    from captum_gscorecam.precision import resolve_precision, warn_if_slow
+
+    if not SPECS[args.method].takes("precision"):
+        return []
+    device = next(model.parameters()).device
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        warn_if_slow(resolve_precision(args.precision, device, model), device, model, 1)
+    return [f"warning: {warning.message}" for warning in said]
 
 
 def _explain_photo(
@@ -249,12 +317,15 @@ def _explain_photo(
     path: Path,
     figure: Path,
     text: Any,
+    texts: Sequence[str],
     model: Any,
     preprocess: Any,
     layer: Any,
+    provenance: Any,
 ) -> list[float]:
     """One photo: its maps placed on it, its figure (drawn downscaled above the display limit,
-    with a warning), its ``.npy`` (one map in memory at a time); returns its CLIP scores.
+    with a warning), its ``.npy`` (one map in memory at a time) and ``.json``; returns its CLIP
+    scores.
     """
     import warnings
 
@@ -262,7 +333,7 @@ def _explain_photo(
     from tqdm import tqdm
 
     from captum_gscorecam.images import for_display, read_image
-    from captum_gscorecam.outputs import write_figure, write_npy_slices
+    from captum_gscorecam.outputs import write_figure, write_json, write_npy_slices
     from captum_gscorecam.photos import explain_photo
     from captum_gscorecam.visualization import photo_figure
 
@@ -289,26 +360,21 @@ def _explain_photo(
     for warning in said:
         tqdm.write(f"gscorecam explain: warning: {warning.message}", file=sys.stderr)
     drawn_maps = photo_maps.at_size(drawn.size)
-    fig = photo_figure(drawn, drawn_maps, args.prompt, scores, SPECS[args.method].label)
+    fig = photo_figure(
+        drawn, drawn_maps, texts, scores, provenance.method, scale=args.scale,
+        title=provenance.line(), warnings=provenance.warnings(shapes_scene=False),
+    )  # fmt: skip
     write_figure(figure, fig, dpi=100)
     if args.save_maps is not None:
         path_npy = args.save_maps / f"{path.stem}.npy"
         write_npy_slices(path_npy, photo_maps, photo_maps.shape, np.float32)
+        record = {
+            "image": str(path),
+            "prompts": list(args.prompt),
+            "texts": list(texts),
+            "scores": scores,
+            "scale": args.scale,
+            "provenance": provenance.as_dict(),
+        }
+        write_json(args.save_maps / f"{path.stem}.json", record)
     return scores
-
-
-def _score_table(
-    rows: Sequence[tuple[str, list[float], float]],
-    prompts: Sequence[str],
-    score_format: str,
-    seconds_format: str,
-) -> tuple[list[str], list[list[str]]]:
-    """The header and cells of the score table: a row per image, a column per prompt (its CLIP
-    score), and the seconds the image took.
-    """
-    header = ["image", *prompts, "seconds"]
-    cells = [
-        [image, *(format(s, score_format) for s in scores), format(seconds, seconds_format)]
-        for image, scores, seconds in rows
-    ]
-    return header, cells

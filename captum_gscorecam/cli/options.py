@@ -328,6 +328,7 @@ _OPTIONS = {
     "pretrained": "--pretrained",
     "device": "--device",
     "layer": "--layer",
+    "out": "--out",
 }
 
 

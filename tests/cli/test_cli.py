@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import csv
 import json
 import subprocess
 import sys
@@ -16,12 +17,14 @@ from torchvision import transforms
 
 import captum_gscorecam
 import captum_gscorecam.loading as loading
+import captum_gscorecam.visualization as visualization
 from captum_gscorecam.cli import main
 from captum_gscorecam.cli.options import UsageError, usage_errors
 from captum_gscorecam.clip import encode_text
 from captum_gscorecam.images import expand_images, read_image
 from captum_gscorecam.loading import load_clip
 from captum_gscorecam.methods import explain_maps
+from captum_gscorecam.registry import SPECS
 from captum_gscorecam.shapes import render_scene
 
 PNG_MAGIC = b"\x89PNG"
@@ -71,9 +74,13 @@ def test_explain_an_image_file(tmp_path, capsys, scene_png, method):
     assert main(argv) == 0
     assert out.read_bytes()[:4] == PNG_MAGIC
     assert f"wrote {out}," in capsys.readouterr().out
-    scores = (tmp_path / "scores.csv").read_text().splitlines()
-    assert scores[0] == ",".join(["image", *scene.captions, "seconds"])
-    assert len(scores) == 2
+    with (tmp_path / "scores.csv").open(newline="") as file:
+        scores = list(csv.DictReader(file))
+    # a row per (image, prompt): the text scored and the settings that made the score
+    assert [row["text"] for row in scores] == scene.captions
+    assert {row["image"] for row in scores} == {str(path)}
+    assert {row["method"] for row in scores} == {SPECS[method].label}
+    assert {row["weights"] for row in scores} == {"shapes world: knows only coloured shapes"}
 
 
 def test_explain_with_hilacam_on_the_vit(tmp_path, scene_png):
@@ -533,3 +540,108 @@ def test_version_and_help_say_what_each_command_is(capsys):
         main(["explain", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: RN50 with --pretrained openai: OpenAI's CLIP ResNet-50" in text
+
+
+# What made each output, said on each output; runs that never replace each other
+
+
+def test_every_output_says_what_made_it_and_runs_add_up(tmp_path, capsys, monkeypatch, scene_png):
+    path, scene = scene_png
+    drawn = []
+    photo_figure = visualization.photo_figure
+
+    def recorded(*args, **kwargs):
+        drawn.append(kwargs)
+        return photo_figure(*args, **kwargs)
+
+    monkeypatch.setattr(visualization, "photo_figure", recorded)
+    out, maps = tmp_path / "figures", tmp_path / "maps"
+    argv = ["explain", str(path), "--model", "shapes-rn", "--out", str(out), "--device", "cpu"]
+    argv += ["--template", "a photo of a {}", "--save-maps", str(maps), "--precision", "fp32"]
+    for caption in scene.captions:
+        argv += ["--prompt", caption]
+    texts = [f"a photo of a {caption}" for caption in scene.captions]
+    line = (
+        "gScoreCAM | k=26/256 | layer visual.layer4 | shapes-rn (shapes world: knows only "
+        f"coloured shapes) | 'a photo of a {{}}' | fp32 on cpu | captum-gscorecam "
+        f"{captum_gscorecam.__version__}"
+    )
+    assert main(argv) == 0
+    printed = capsys.readouterr()
+    assert printed.out.splitlines()[0] == line  # the resolved choices, once, first
+    warnings = said(printed.err)
+    assert len(warnings) == 1
+    assert "shapes-rn knows only coloured shapes" in warnings[0]
+    assert drawn == [{"scale": "shared", "title": line, "warnings": warnings}]
+    assert f"| image | {' | '.join(texts)} | seconds |" in printed.out  # the scored text
+
+    assert main([*argv[:-2 * len(scene.captions)], "--prompt", "cat", "--method", "gradcam",
+                 "--scale", "per-prompt"]) == 0  # fmt: skip
+    assert drawn[-1]["scale"] == "per-prompt"
+    with (out / "scores.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["text"] for row in rows] == [*texts, "a photo of a cat"]
+    assert [row["method"] for row in rows] == ["gScoreCAM"] * 2 + ["LayerGradCam"]
+    assert [row["k"] for row in rows] == ["26", "26", ""]
+    assert {row["precision"] for row in rows} == {"fp32"}
+    assert len({row["run"] for row in rows[:2]}) == 1
+    tables = (out / "scores.md").read_text().split("\n\n| image |")
+    assert len(tables) == 2  # the first run's table kept, the second added
+    assert f"\n\n*{line} | run " in tables[0]
+    assert "*LayerGradCam | layer visual.layer4 | shapes-rn" in tables[1]
+    record = json.loads((maps / f"{path.stem}.json").read_text())
+    assert record["texts"] == ["a photo of a cat"]
+    assert record["provenance"]["method"] == "LayerGradCam"
+    assert record["scale"] == "per-prompt"
+    assert record["image"] == str(path)
+    assert np.load(maps / f"{path.stem}.npy").shape[0] == len(record["scores"]) == 1
+
+
+def test_random_weights_are_said_every_time(tmp_path, capsys, loaded_model, scene_png):
+    # RN50 stands in for an open_clip name built without weights: no RN50 is built.
+    loaded_model(*load_clip("shapes-rn"))
+    argv = ["explain", str(scene_png[0]), "--prompt", "x", "--model", "RN50", "--out"]
+    for run in range(2):
+        assert main([*argv, str(tmp_path / f"o{run}"), "--method", "gradcam"]) == 0
+        printed = capsys.readouterr()
+        assert "| RN50 (RANDOM WEIGHTS) |" in printed.out.splitlines()[0]
+        (warning,) = said(printed.err)
+        assert warning.startswith("warning: RN50 has RANDOM WEIGHTS")
+
+
+def test_a_scores_file_of_other_columns_is_not_replaced(tmp_path, capsys, no_model, scene_png):
+    (tmp_path / "scores.csv").write_text("image,a cat,seconds\nold.png,1.0,2.0\n")
+    argv = ["explain", str(scene_png[0]), "--prompt", "x", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    err = one_line_error(capsys)
+    assert f"argument --out: {tmp_path / 'scores.csv'} has other columns" in err
+    assert (tmp_path / "scores.csv").read_text() == "image,a cat,seconds\nold.png,1.0,2.0\n"
+
+
+def said(err: str) -> list[str]:
+    """The warnings ``gscorecam explain`` printed on stderr, without its name."""
+    prefix = "gscorecam explain: "
+    return [line.removeprefix(prefix) for line in err.splitlines() if line.startswith(prefix)]
+
+
+def test_a_precision_slower_than_fp32_here_is_said_once_before_the_work(
+    tmp_path, capsys, scene_png
+):
+    import warnings
+
+    import captum_gscorecam.precision as precision
+
+    model = load_clip("shapes-rn")[0]
+    with warnings.catch_warnings(record=True) as slow:
+        warnings.simplefilter("always")
+        precision.warn_if_slow(precision.resolve_precision("fp16", "cpu"), torch.device("cpu"),
+                               model, 1)  # fmt: skip
+    if not slow:
+        pytest.skip("this CPU computes fp16 natively")
+    argv = ["explain", str(scene_png[0]), "--prompt", "a red circle", "--model", "shapes-rn"]
+    argv += ["--device", "cpu", "--precision", "fp16", "--out", str(tmp_path), "--topk", "4"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if "slower than 'fp32'" in line]
+    assert line == f"gscorecam explain: warning: {slow[0].message}"
+    assert err.index(line) < err.index("images:")  # before the progress bar

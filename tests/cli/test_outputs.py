@@ -533,7 +533,7 @@ def test_a_photo_over_the_display_limit_is_drawn_smaller_with_one_warning(
     photo = _scene_photo(tmp_path / "big.png")
     argv = [*_explain_argv(photo), "--out", str(tmp_path / "out"), "--save-maps"]
     assert main([*argv, str(tmp_path / "maps")]) == 0
-    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning: image" in line]
     assert warned == [
         f"gscorecam explain: warning: image: {photo} is 96 x 64 pixels (0.0 MP), over the "
         "0.001536 MP drawn at most; drawn at 48 x 32"

@@ -48,7 +48,7 @@ def test_weights_as_loading_decides(tmp_path):
 def test_line_names_every_setting():
     line = made().line()
     assert line == (
-        "gScoreCAM k=205/2048 at visual.layer4 | RN50 (pretrained openai) | "
+        "gScoreCAM | k=205/2048 | layer visual.layer4 | RN50 (pretrained openai) | "
         f"'a photo of a {{}}' | fp32 on cpu | captum-gscorecam {captum_gscorecam.__version__}"
     )
     # a method without k or layer (Occlusion) says nothing about them
