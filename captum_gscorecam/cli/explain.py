@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from captum_gscorecam.cli import dataset
+import captum_gscorecam.cli.dataset as dataset
 from captum_gscorecam.cli.options import (
     UsageError,
     add_model_options,
