@@ -57,8 +57,8 @@ class Provenance:
         """One line, for a figure's title block and the terminal; its parts joined by `` | ``.
 
         ``gScoreCAM | k=205/2048 | layer visual.layer4 | RN50 (pretrained openai) |
-        'a photo of a {}' | fp32 on cpu | captum-gscorecam 0.1.0`` (no k or layer part for a
-        method without them).
+        template 'a photo of a {}' | fp32 on cpu | captum-gscorecam 0.1.0`` (no k or layer part
+        for a method without them).
         """
         parts = [self.method]
         if self.k is not None:
@@ -67,7 +67,7 @@ class Provenance:
             parts.append(f"layer {self.layer}")
         parts += [
             f"{self.model} ({self.weights})",
-            repr(self.template),
+            f"template {self.template!r}",
             f"{self.precision} on {self.device}",
             f"captum-gscorecam {self.version}",
         ]

@@ -563,7 +563,7 @@ def test_every_output_says_what_made_it_and_runs_add_up(tmp_path, capsys, monkey
     texts = [f"a photo of a {caption}" for caption in scene.captions]
     line = (
         "gScoreCAM | k=26/256 | layer visual.layer4 | shapes-rn (shapes world: knows only "
-        f"coloured shapes) | 'a photo of a {{}}' | fp32 on cpu | captum-gscorecam "
+        f"coloured shapes) | template 'a photo of a {{}}' | fp32 on cpu | captum-gscorecam "
         f"{captum_gscorecam.__version__}"
     )
     assert main(argv) == 0

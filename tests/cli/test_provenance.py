@@ -49,7 +49,8 @@ def test_line_names_every_setting():
     line = made().line()
     assert line == (
         "gScoreCAM | k=205/2048 | layer visual.layer4 | RN50 (pretrained openai) | "
-        f"'a photo of a {{}}' | fp32 on cpu | captum-gscorecam {captum_gscorecam.__version__}"
+        "template 'a photo of a {}' | fp32 on cpu | "
+        f"captum-gscorecam {captum_gscorecam.__version__}"
     )
     # a method without k or layer (Occlusion) says nothing about them
     assert (
@@ -69,7 +70,7 @@ def test_line_dict_and_columns_say_the_same(model, template, k):
     line = provenance.line()
     assert "\n" not in line
     assert model in line
-    assert repr(template) in line
+    assert f"template {template!r}" in line
     record = provenance.as_dict()
     assert list(record) == FIELDS
     assert json.loads(json.dumps(record)) == record
