@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 from captum_gscorecam.cli.options import (
     FIRST_HELD_OUT_SEED,
@@ -58,6 +59,8 @@ def run(args: argparse.Namespace) -> None:
     """Explain every object of a few held-out shapes scenes with the registry's demo methods
     that apply to the tower; one figure and each method's pointing game.
     """
+    from dataclasses import replace
+
     import numpy as np
     import torch
 
@@ -65,7 +68,7 @@ def run(args: argparse.Namespace) -> None:
     from captum_gscorecam.evaluation.metrics import pointing_game
     from captum_gscorecam.evaluation.scoring import MetricParams
     from captum_gscorecam.loading import load_model, resolve_device
-    from captum_gscorecam.methods import applicable_methods, explain_maps
+    from captum_gscorecam.methods import applicable_methods, explain_maps, run_provenance
     from captum_gscorecam.outputs import check_outputs, write_figure
     from captum_gscorecam.shapes import render_scene
     from captum_gscorecam.towers import input_size
@@ -95,13 +98,25 @@ def run(args: argparse.Namespace) -> None:
                 for t in range(len(scene.captions))
             ]
         )
-        columns.append(maps)
+        columns.append(_relative(maps))
+    provenance = replace(
+        run_provenance(model, images, "gscorecam", name=f"shapes-{args.tower}", topk=args.topk,
+                       precision=args.precision),
+        method=", ".join(SPECS[method].label for method in methods),
+    )  # fmt: skip
+    print(provenance.line())
     rows = [(i, t) for i, scene in enumerate(scenes) for t in range(len(scene.captions))]
     fig = show_maps(
         [to_image(images[i].cpu()) for i, _ in rows],
         [[maps[i, t] for maps in columns] for i, t in rows],
         [scenes[i].captions[t] for i, t in rows],
         [SPECS[method].label for method in methods],
+        vmin=0.0,
+        vmax=1.0,
+        colorbar_label="fraction of the method's largest value on the scene (one scale for "
+        "the scene's prompts)",
+        title=provenance.line(),
+        warnings=provenance.warnings(shapes_scene=True),
     )
     write_figure(args.out, fig, dpi=100)
     print(f"shapes-{args.tower}: {args.scenes} held-out scenes x {args.objects} objects")
@@ -113,3 +128,13 @@ def run(args: argparse.Namespace) -> None:
     for method in methods:
         print(f"{SPECS[method].label:<14}{hits[method]:>15.2f}{seconds[method]:>10.1f}")
     print(f"wrote {args.out}")
+
+
+def _relative(maps: Any) -> Any:
+    """Maps ``(N, T, H, W)`` over each scene's largest value, so that a scene's prompts share one
+    colour scale and the figure's colour bar (0 to 1) holds for every method.
+    """
+    import numpy as np
+
+    peaks = maps.reshape(len(maps), -1).max(axis=1)[:, None, None, None]
+    return np.divide(maps, peaks, out=np.zeros_like(maps), where=peaks > 0)

@@ -50,7 +50,15 @@ def one_line_error(capsys, command: str = "explain") -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("tower", ["rn", "vit"])
-def test_demo_writes_a_figure_and_a_table(tmp_path, capsys, tower):
+def test_demo_writes_a_figure_and_a_table(tmp_path, capsys, monkeypatch, tower):
+    drawn = []
+    show_maps = visualization.show_maps
+
+    def recorded(*args, **kwargs):
+        drawn.append((args, kwargs))
+        return show_maps(*args, **kwargs)
+
+    monkeypatch.setattr(visualization, "show_maps", recorded)
     out = tmp_path / "demo.png"
     assert (
         main(["demo", "--tower", tower, "--scenes", "1", "--objects", "2", "--out", str(out)]) == 0
@@ -61,6 +69,17 @@ def test_demo_writes_a_figure_and_a_table(tmp_path, capsys, tower):
         assert label in printed
     assert ("HilaCAM" in printed) == (tower == "vit")
     assert f"wrote {out}" in printed
+    # what made the figure: first on the terminal and on top of the figure, no warning
+    line = printed.splitlines()[0]
+    assert line.startswith("gScoreCAM, ScoreCAM, LayerGradCam")
+    assert f" | shapes-{tower} (shapes world: knows only coloured shapes) | " in line
+    ((_, maps, *_), kwargs) = drawn[0]
+    assert kwargs["title"] == line
+    assert kwargs["warnings"] == []
+    # one colour scale for a scene's prompts, per method: the scene's largest value is 1
+    assert (kwargs["vmin"], kwargs["vmax"]) == (0.0, 1.0)
+    for column in zip(*maps, strict=True):
+        assert max(float(m.max()) for m in column) == pytest.approx(1.0)
 
 
 @pytest.mark.slow
