@@ -1,9 +1,11 @@
 """The web page (Gradio) behind ``gscorecam app``, on top of the functions the command line calls.
 
 The page is built by :func:`build_app`; gradio, torch and the model are imported or loaded only
-when it is called, never when this module is imported. Bad input is a message in the page (the
-library's ValueError as ``gr.Error``). Gradio's analytics are switched off before it is
-imported: the app phones no one.
+when it is called, never when this module is imported. Bad input is a message in the page that
+stays until closed (the library's ValueError as ``gr.Error``) and one line in the server's log,
+without a traceback. Every result says what made it (``provenance.Provenance``) and warns when
+the maps cannot mean anything. Gradio's analytics are switched off before it is imported: the
+app phones no one.
 
 The app writes its scenes and maps in one temporary folder, ``gscorecam-app-<pid>-*`` in the
 system's temporary directory, removed by ``page.close()``, when the page is garbage collected
@@ -31,6 +33,8 @@ __all__ = ["build_app", "import_gradio", "parse_prompts"]
 
 # The app's temporary folders: TEMPORARY_PREFIX + "<pid>-" + a random part.
 TEMPORARY_PREFIX = "gscorecam-app-"
+# The page's style: every overlay's caption shown (Gradio shows them on hover only).
+PAGE_CSS = "#overlays .caption-label {opacity: 1 !important; white-space: normal; max-width: 95%}"
 # The shapes scene seeds the page takes (numpy's generators take any int >= 0; this keeps the
 # scene's file name short).
 MAX_SEED = 2**63 - 1
@@ -88,16 +92,16 @@ def build_app(
         ValueError: The model cannot be loaded.
     """
     gr = import_gradio()
-    from captum_gscorecam.loading import load_model
+    from captum_gscorecam.loading import describe_weights, load_model
     from captum_gscorecam.methods import applicable_methods
 
     clip, preprocess, tokenizer = loaded or load_model(model, pretrained, device)
-    explainer = _Explainer(clip, preprocess, tokenizer, device)
+    explainer = _Explainer(clip, preprocess, tokenizer, device, model, pretrained)
     # Gradio keeps a copy of every returned file (overlays, maps); drop those over an hour old.
     with gr.Blocks(title="gScoreCAM: what is CLIP looking at?", delete_cache=(3600, 3600)) as page:
         gr.Markdown(
-            f"## What is CLIP looking at?\nModel `{model}`: upload a photo or pick a shapes "
-            "scene, type prompts **one per line**, and explain."
+            f"## What is CLIP looking at?\nModel `{model}` ({describe_weights(model, pretrained)})"
+            ": upload a photo or pick a shapes scene, type prompts **one per line**, and explain."
         )
         with gr.Row():
             with gr.Column(scale=2, min_width=320):
@@ -111,9 +115,12 @@ def build_app(
             method: str,
             topk_text: str,
             precision: str,
+            scale: str = "shared",
             progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 (gradio's way)
         ) -> tuple:
-            return explainer.explain(path, prompts_text, method, topk_text, precision, progress)
+            return explainer.explain(
+                path, prompts_text, method, topk_text, precision, scale, progress
+            )
 
         given["photo"].change(
             explainer.preview, given["photo"], given["preview"], api_name="preview"
@@ -126,11 +133,11 @@ def build_app(
         )
         given["run"].click(
             explain,
-            [given[name] for name in ("photo", "prompts", "method", "topk", "precision")],
-            [shown[name] for name in ("overlays", "scores", "status", "download")],
+            [given[name] for name in ("photo", "prompts", "method", "topk", "precision", "scale")],
+            [shown[name] for name in ("overlays", "scores", "status", "download", "figure")],
             api_name="explain",
         )
-    close = page.close
+    close, launch = page.close, page.launch
 
     def close_and_clean(verbose: bool = True) -> None:
         try:
@@ -138,7 +145,11 @@ def build_app(
         finally:
             explainer.close()
 
+    def launch_styled(*args: Any, css: str | None = None, **kwargs: Any) -> Any:
+        return launch(*args, css=PAGE_CSS if css is None else f"{PAGE_CSS}\n{css}", **kwargs)
+
     page.close = close_and_clean
+    page.launch = launch_styled
     return page
 
 
@@ -147,11 +158,12 @@ def _inputs(gr: Any, methods: list[str]) -> dict[str, Any]:
     from captum_gscorecam.precision import PRECISIONS
     from captum_gscorecam.registry import SPECS
     from captum_gscorecam.shapes.train import HELD_OUT_SEED
+    from captum_gscorecam.visualization import SCALES
 
     uses = {option: _labels(option) for option in ("precision", "topk")}
 
     given = {
-        "photo": gr.File(label="Photo", file_types=["image"], height=90, elem_id="photo"),
+        "photo": gr.File(label="Photo", file_types=["image"], elem_id="photo"),
         "preview": gr.Image(label="Your photo", interactive=False, height=180, elem_id="preview"),
     }
     with gr.Row():
@@ -161,7 +173,10 @@ def _inputs(gr: Any, methods: list[str]) -> dict[str, Any]:
     given["prompts"] = gr.Textbox(label="Prompts (one per line)", lines=3, elem_id="prompts")
     with gr.Row():
         given["method"] = gr.Dropdown(
-            [(SPECS[m].label, m) for m in methods], value=methods[0], label="Method"
+            [(SPECS[m].label, m) for m in methods],
+            value=methods[0],
+            label="Method",
+            allow_custom_value=True,  # the API takes the label ("gScoreCAM") too
         )
         given["precision"] = gr.Dropdown(
             list(PRECISIONS),
@@ -175,6 +190,14 @@ def _inputs(gr: Any, methods: list[str]) -> dict[str, Any]:
         info="a count (300) or a fraction of the channels (0.1); empty: 10% on CNNs, 50% on ViTs",
         elem_id="topk",
     )
+    given["scale"] = gr.Radio(
+        list(SCALES),
+        value="shared",
+        label="Colour scale",
+        info="shared: one scale for all prompts (a prompt the model rejects looks cold); "
+        "per-prompt: each map from its own minimum to maximum",
+        elem_id="scale",
+    )
     given["run"] = gr.Button("Explain", variant="primary", elem_id="explain")
     return given
 
@@ -184,9 +207,9 @@ def _outputs(gr: Any) -> dict[str, Any]:
     return {
         "status": gr.Markdown(elem_id="status"),
         "overlays": gr.Gallery(
-            label="Overlays on the photo",
-            columns=3,
-            height=270,
+            label="Overlays on the photo (click one to enlarge)",
+            columns=2,
+            height="auto",
             object_fit="contain",
             elem_id="overlays",
         ),
@@ -197,15 +220,30 @@ def _outputs(gr: Any) -> dict[str, Any]:
             elem_id="scores",
         ),
         "download": gr.File(label="Maps (.npy, float32 (T, H, W), NaN where cropped)"),
+        "figure": gr.Image(
+            label="The figure gscorecam explain writes: what made it, the maps, the colour bar",
+            interactive=False,
+            elem_id="figure",
+        ),
     }
 
 
 class _Explainer:
     """The page's callbacks around one loaded model; library calls only."""
 
-    def __init__(self, model: Any, preprocess: Any, tokenizer: Any, device: str) -> None:
+    def __init__(
+        self,
+        model: Any,
+        preprocess: Any,
+        tokenizer: Any,
+        device: str,
+        name: str,
+        pretrained: str | None,
+    ) -> None:
         self.model, self.preprocess, self.tokenizer = model, preprocess, tokenizer
         self.device = device
+        self.name, self.pretrained = name, pretrained  # as loaded: what the results say
+        self.scenes: set[str] = set()  # the SHA-256 of the shapes scenes the page drew
         _sweep_temporary_folders()
         self.folder = Path(tempfile.mkdtemp(prefix=f"{TEMPORARY_PREFIX}{os.getpid()}-"))
         # at garbage collection and at exit (also after close, should a request recreate it)
@@ -226,7 +264,7 @@ class _Explainer:
         try:
             photo = _read(path)
         except ValueError as error:
-            raise import_gradio().Error(str(error)) from None
+            raise _refused(error) from None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # said when the photo is explained
             return np.asarray(for_display(photo))
@@ -245,8 +283,9 @@ class _Explainer:
             path = self.folder / f"scene-{seed}-{objects}.png"
             with atomic_file(path) as file:
                 Image.fromarray(drawn.image).save(file, format="PNG")
+            self.scenes.add(_digest(path))
         except (ValueError, TypeError, OutputError) as error:
-            raise import_gradio().Error(str(error)) from None
+            raise _refused(error) from None
         return str(path), "\n".join(drawn.captions)
 
     def explain(
@@ -256,31 +295,36 @@ class _Explainer:
         method: str,
         topk_text: str,
         precision: str,
+        scale: str,
         progress: gr.Progress,
-    ) -> tuple[list[tuple[np.ndarray, str]], list[list[Any]], str, str]:
-        """Overlays, scores, a status line and the ``.npy`` path; bad input raises gr.Error."""
+    ) -> tuple[list[tuple[np.ndarray, str]], list[list[Any]], str, str, str]:
+        """Overlays, scores, a status line (with what made them and any warning), the ``.npy``
+        path and the figure's path; bad input raises gr.Error.
+        """
         import numpy as np
 
         from captum_gscorecam.checks import topk_from_text
         from captum_gscorecam.clip import encode_text
-        from captum_gscorecam.images import for_display
-        from captum_gscorecam.outputs import OutputError, write_npy_slices
+        from captum_gscorecam.methods import run_provenance
+        from captum_gscorecam.outputs import OutputError, write_figure, write_npy_slices
         from captum_gscorecam.photos import explain_photo
         from captum_gscorecam.precision import resolve_precision
         from captum_gscorecam.registry import method_spec
-        from captum_gscorecam.visualization import overlay
+        from captum_gscorecam.visualization import map_ranges, overlay, photo_figure
 
         gr = import_gradio()
         try:
             if path is None:
                 raise ValueError("photo: upload a photo or pick a shapes scene first")
             prompts = parse_prompts(prompts_text or "")
+            method = _method_key(method)
             topk = topk_from_text(topk_text or "", "k")
             if topk is not None and not method_spec(method).takes("topk"):
                 raise ValueError(
                     f"k: {method_spec(method).label} does not use k; it applies to "
                     f"{_labels('topk')} (leave it empty)"
                 )
+            map_ranges([], scale)  # the scale checked before the work
             dtype = resolve_precision(precision, self.device, self.model)
             photo = _read(path)
             progress(0, desc="explaining")
@@ -297,30 +341,56 @@ class _Explainer:
                 precision=dtype,
             )
             seconds = time.perf_counter() - start
+            device = next(self.model.parameters()).device
+            provenance = run_provenance(
+                self.model, self.preprocess(photo)[None].to(device), method, name=self.name,
+                pretrained=self.pretrained, topk=topk, precision=dtype,
+            )  # fmt: skip
         except (ValueError, TypeError) as error:
-            raise gr.Error(str(error)) from None
-        with warnings.catch_warnings(record=True) as said:
-            warnings.simplefilter("always")
-            drawn = for_display(photo, Path(path).name)
-        for warning in said:
-            gr.Warning(str(warning.message))
+            raise _refused(error) from None
+        said = provenance.warnings(shapes_scene=_digest(path) in self.scenes)
+        drawn, shown = self._drawn(photo, Path(path).name)
+        for warning in [*said, *shown]:
+            gr.Warning(warning)
+        drawn_maps = maps.at_size(drawn.size)
+        ranges = map_ranges(drawn_maps, scale)
         gallery = [
-            (_uint8(overlay(drawn, saliency)), f"{prompt}: {score:.2f}")
-            for saliency, prompt, score in zip(
-                maps.at_size(drawn.size), prompts, scores, strict=True
+            (_uint8(overlay(drawn, saliency, vmin=low, vmax=high)), f"{prompt}: {score:.2f}")
+            for saliency, prompt, score, (low, high) in zip(
+                drawn_maps, prompts, scores, ranges, strict=True
             )
         ]
-        out = self.folder / "gscorecam-maps.npy"  # one request at a time; Gradio copies it
+        figure = photo_figure(
+            drawn, drawn_maps, prompts, scores, provenance.method, scale=scale,
+            title=provenance.line(), warnings=said,
+        )  # fmt: skip
+        # one request at a time; Gradio copies what it returns
+        out, drawn_figure = self.folder / "gscorecam-maps.npy", self.folder / "figure.png"
         try:
             write_npy_slices(out, maps, maps.shape, np.float32)  # one map in memory at a time
+            write_figure(drawn_figure, figure, dpi=100)
         except OutputError as error:
-            raise gr.Error(str(error)) from None
+            raise _refused(error) from None
         rows = [[p, round(float(s), 2)] for p, s in zip(prompts, scores, strict=True)]
-        return gallery, rows, _status(method, len(prompts), dtype, seconds), str(out)
+        status = _status(method, len(prompts), dtype, seconds, provenance.line(), said)
+        return gallery, rows, status, str(out), str(drawn_figure)
+
+    def _drawn(self, photo: Any, name: str) -> tuple[Any, list[str]]:
+        """The photo as drawn (downscaled above the display limit) and the warnings that says."""
+        from captum_gscorecam.images import for_display
+
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            drawn = for_display(photo, name)
+        return drawn, [str(warning.message) for warning in said]
 
 
-def _status(method: str, prompts: int, dtype: Any, seconds: float) -> str:
-    """What ran and how long it took, e.g. "gScoreCAM on 2 prompts (bf16 masked passes): 1.2 s"."""
+def _status(
+    method: str, prompts: int, dtype: Any, seconds: float, line: str, warned: list[str]
+) -> str:
+    """What ran and how long it took, e.g. "gScoreCAM on 2 prompts (bf16 masked passes): 1.2 s",
+    then what made it (the provenance ``line``) and each warning.
+    """
     from captum_gscorecam.precision import precision_name
     from captum_gscorecam.registry import SPECS
 
@@ -328,7 +398,46 @@ def _status(method: str, prompts: int, dtype: Any, seconds: float) -> str:
     masked = ""
     if SPECS[method].takes("precision"):
         masked = f" ({precision_name(dtype)} masked passes)"
-    return f"{SPECS[method].label} on {prompts} prompt{plural}{masked}: **{seconds:.2f} s**"
+    said = "".join(f"\n\n**{warning}**" for warning in warned)
+    return (
+        f"{SPECS[method].label} on {prompts} prompt{plural}{masked}: **{seconds:.2f} s**"
+        f"\n\n`{line}`{said}"
+    )
+
+
+def _refused(error: Exception) -> Any:
+    """A user's mistake as the page's message, kept until closed, and one line in the server's
+    log (no traceback: it is not the app's fault).
+    """
+    import sys
+
+    message = str(error)
+    print(f"gscorecam app: refused: {message}", file=sys.stderr, flush=True)
+    return import_gradio().Error(message, duration=None, print_exception=False)
+
+
+def _method_key(method: object) -> str:
+    """The registry key of ``method``, given as its key (``gscorecam``) or as the page shows it,
+    its label (``gScoreCAM``).
+    """
+    from captum_gscorecam.registry import SPECS
+
+    by_label = {spec.label: key for key, spec in SPECS.items()}
+    if method in SPECS:
+        return str(method)
+    if method in by_label:
+        return by_label[method]
+    raise ValueError(
+        f"method: expected one of {', '.join(SPECS)} (or their labels: {', '.join(by_label)}), "
+        f"got {method!r}"
+    )
+
+
+def _digest(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes: a shapes scene the page drew, wherever Gradio copied it."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _labels(option: str) -> str:

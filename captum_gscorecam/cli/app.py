@@ -42,7 +42,7 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> None:
     """Build the page and serve it until interrupted."""
     from captum_gscorecam.app import build_app, import_gradio
-    from captum_gscorecam.loading import check_model, resolve_device
+    from captum_gscorecam.loading import check_model, describe_weights, resolve_device
 
     try:
         import_gradio()  # before the model loads: a missing extra is said at once
@@ -63,7 +63,11 @@ def run(args: argparse.Namespace) -> None:
             f"argument --port: cannot serve on {args.host}:{args.port} "
             f"({str(error).splitlines()[0]}); pick another port"
         ) from None
-    print(f"serving {model} on http://{args.host}:{args.port} (Ctrl+C to stop)", flush=True)
+    weights = describe_weights(model, pretrained)
+    print(
+        f"serving {model} on http://{args.host}:{args.port} ({weights}; Ctrl+C to stop)",
+        flush=True,
+    )
     signal.signal(signal.SIGTERM, _interrupt)  # stops as Ctrl+C does: the exit cleans up
     page.block_thread()
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+import captum_gscorecam
 from captum_gscorecam.app import build_app, parse_prompts
 from captum_gscorecam.cli import main
 from captum_gscorecam.clip import CLIPSimilarity, encode_text
@@ -69,10 +70,18 @@ def photo(tmp_path_factory) -> Path:
 
 
 def _explain(client, path, prompts, method="gscorecam", topk="", precision="fp32"):
+    """The overlays, scores, status and maps' path of the page's explain."""
+    return _explain_all(client, path, prompts, method, topk, precision)[:4]
+
+
+def _explain_all(
+    client, path, prompts, method="gscorecam", topk="", precision="fp32", scale="shared"
+):
+    """Everything the page's explain returns: also the figure's path."""
     from gradio_client import handle_file
 
     return client.predict(
-        handle_file(str(path)), prompts, method, topk, precision, api_name="/explain"
+        handle_file(str(path)), prompts, method, topk, precision, scale, api_name="/explain"
     )
 
 
@@ -153,6 +162,76 @@ def test_a_file_that_is_not_an_image_is_a_message_in_the_page(client, tmp_path):
         _explain(client, fake, "a red circle")
     with pytest.raises(_app_error(), match="image: not an image file: notes"):
         client.predict(handle_file(str(fake)), api_name="/preview")
+
+
+# What made the result, said in the page; labels and keys; refusals in one line
+
+
+def test_what_made_the_result_is_in_the_status_and_the_figure(client, photo):
+    _, _, status, _, figure = _explain_all(client, photo, "a red circle\na blue square")
+    line = (
+        "gScoreCAM | k=26/256 | layer visual.layer4 | shapes-rn (shapes world: knows only "
+        "coloured shapes) | template '{}' | fp32 on cpu | captum-gscorecam "
+        f"{captum_gscorecam.__version__}"
+    )
+    assert f"\n\n`{line}`\n\n" in status
+    # an uploaded photo is not a shapes scene: the shapes model cannot know it
+    assert status.endswith("**warning: shapes-rn knows only coloured shapes (the bundled shapes "
+                           "world); on a photo its maps and scores mean nothing: use a real CLIP "
+                           "(RN50, openai)**")  # fmt: skip
+    drawn = Image.open(figure)  # the command line's figure: a panel per prompt, stacked
+    assert drawn.format == "PNG"
+    assert drawn.size[1] > 1.5 * drawn.size[0]
+
+
+def test_a_scene_the_page_drew_is_no_photo_the_shapes_model_cannot_know(client, tmp_path):
+    path, prompts = client.predict(SCENE_SEED, 2, api_name="/scene")
+    _, _, status, _ = _explain(client, path, prompts, method="gradcam")
+    assert "warning" not in status
+    # the same scene's pixels saved by someone else are a photo like any other
+    other = tmp_path / "mine.png"
+    Image.fromarray(render_scene(SCENE_SEED, 2).image).convert("L").convert("RGB").save(other)
+    _, _, status, _ = _explain(client, other, prompts, method="gradcam")
+    assert "**warning: shapes-rn knows only coloured shapes" in status
+
+
+def test_the_api_takes_the_methods_label_as_the_page_shows_it(client, photo):
+    by_key = np.load(_explain(client, photo, "a red circle", method="gradcam")[3])
+    _, _, status, maps = _explain(client, photo, "a red circle", method="LayerGradCam")
+    assert status.startswith("LayerGradCam on 1 prompt: **")
+    np.testing.assert_array_equal(np.load(maps), by_key)
+    with pytest.raises(
+        _app_error(), match=r"method: expected one of gscorecam, .* got 'Grad-CAM\+\+'"
+    ):
+        _explain(client, photo, "a red circle", method="Grad-CAM++")
+    with pytest.raises(_app_error(), match="method: hilacam cannot explain this model"):
+        _explain(client, photo, "a red circle", method="hilacam")  # a ViT method, on an RN
+
+
+def test_the_colour_scale_reaches_the_overlays(client, photo):
+    prompts = "a red circle\na blue square\na green ring"
+    shared = _explain_all(client, photo, prompts)[0]
+    own = _explain_all(client, photo, prompts, scale="per-prompt")[0]
+    change = [
+        np.abs(
+            np.asarray(Image.open(a["image"]), float) - np.asarray(Image.open(b["image"]))
+        ).mean()
+        for a, b in zip(shared, own, strict=True)
+    ]
+    assert max(change) > 5  # some map is drawn on another range than its own
+    with pytest.raises(
+        _app_error(), match=r"not in the list of choices: \['shared', 'per-prompt'\]"
+    ):
+        _explain_all(client, photo, "a red circle", scale="global")
+
+
+def test_a_refused_request_is_one_line_in_the_log(client, photo, capsys):
+    capsys.readouterr()
+    with pytest.raises(_app_error()):
+        _explain(client, photo, "  \n ")
+    err = capsys.readouterr().err
+    assert "gscorecam app: refused: prompts: type at least one prompt, one per line\n" in err
+    assert "Traceback" not in err
 
 
 def test_prompts_are_one_per_line():
@@ -236,21 +315,42 @@ def test_the_page_in_a_real_browser(command_server, photo, tmp_path, chrome):
     upload = wait.until(
         ec.presence_of_element_located((By.CSS_SELECTOR, "#photo input[type=file]"))
     )
-    upload.send_keys(str(photo))
-    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#preview img")))
     driver.find_element(By.CSS_SELECTOR, "#prompts textarea").send_keys(
         "a red circle\na blue square"
     )
+    # a mistake first: its message stays readable after Gradio's 10 s
+    driver.find_element(By.CSS_SELECTOR, "#explain").click()
+    message = "photo: upload a photo or pick a shapes scene first"
+    wait.until(ec.text_to_be_present_in_element((By.TAG_NAME, "body"), message))
+    time.sleep(11)
+    still_there = message in driver.find_element(By.TAG_NAME, "body").text
+    upload.send_keys(str(photo))
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#preview img")))
     driver.find_element(By.CSS_SELECTOR, "#explain").click()
     overlay = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#overlays img")))
     wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, "#scores"), "a blue square"))
     wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, "#status"), " s"))
+    figure = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#figure img")))
     driver.save_screenshot(str(tmp_path / "app.png"))
     loaded = driver.execute_script(
         "return arguments[0].complete && arguments[0].naturalWidth", overlay
     )
+    drawn = driver.execute_script(
+        "return arguments[0].complete && arguments[0].naturalWidth", figure
+    )
+    captions = [
+        (label.text, label.value_of_css_property("opacity"))
+        for label in driver.find_elements(By.CSS_SELECTOR, "#overlays .caption-label")
+    ]
     scores = driver.find_element(By.CSS_SELECTOR, "#scores").text
     status = driver.find_element(By.CSS_SELECTOR, "#status").text
+    assert still_there
+    assert drawn > 0
+    # every overlay's prompt shown under it, without hovering or clicking
+    assert [text.split(":")[0] for text, _ in captions] == ["a red circle", "a blue square"]
+    assert {opacity for _, opacity in captions} == {"1"}
+    assert "shapes-rn (shapes world: knows only coloured shapes)" in status
+    assert "warning: shapes-rn knows only coloured shapes" in status
     assert loaded > 0  # the overlay image was decoded, not a broken link
     assert "a red circle" in scores
     assert any(_is_number(word) for word in scores.split())
@@ -279,7 +379,7 @@ def _bare_explainer():
     pytest.importorskip("gradio", reason=NEEDS_GRADIO)
     from captum_gscorecam.app import _Explainer
 
-    return _Explainer(None, None, None, "cpu")
+    return _Explainer(None, None, None, "cpu", "shapes-rn", None)
 
 
 @pytest.mark.parametrize(
@@ -320,7 +420,9 @@ def test_a_fifo_upload_is_refused_without_blocking(tmp_path):
 
     def call() -> None:
         try:
-            explainer.explain(str(fifo), "a red circle", "gscorecam", "", "fp32", lambda *a, **k: 0)
+            explainer.explain(
+                str(fifo), "a red circle", "gscorecam", "", "fp32", "shared", lambda *a, **k: 0
+            )
         except gr.Error as error:
             outcome.append(str(error.message))
 
@@ -367,7 +469,7 @@ def test_sigterm_stops_as_ctrl_c_and_the_exit_removes_the_folder(tmp_path):
         "from captum_gscorecam.app import _Explainer\n"
         "from captum_gscorecam.cli.app import _interrupt\n"
         "signal.signal(signal.SIGTERM, _interrupt)\n"
-        "explainer = _Explainer(None, None, None, 'cpu')\n"
+        "explainer = _Explainer(None, None, None, 'cpu', 'shapes-rn', None)\n"
         "(explainer.folder / 'gscorecam-maps.npy').write_bytes(b'maps')\n"
         "try:\n"
         "    print(explainer.folder, flush=True)\n"
