@@ -204,16 +204,9 @@ def _extract(args: argparse.Namespace, photos: list[Any], device: str) -> Any:
     import torch
 
     from captum_gscorecam.extraction import extract, extraction_config
-    from captum_gscorecam.loading import describe_weights, find_layer
-    from captum_gscorecam.methods import (
-        check_method,
-        explained_layer,
-        layer_path,
-        resolved_topk,
-    )
+    from captum_gscorecam.loading import find_layer
+    from captum_gscorecam.methods import check_method, run_provenance
     from captum_gscorecam.precision import precision_name, resolve_precision
-    from captum_gscorecam.provenance import Provenance
-    from captum_gscorecam.registry import SPECS
     from captum_gscorecam.towers import input_size
     from captum_gscorecam.visualization import no_crop
 
@@ -232,21 +225,12 @@ def _extract(args: argparse.Namespace, photos: list[Any], device: str) -> Any:
     if args.no_crop:
         preprocess = no_crop(preprocess)
     precision = precision_name(resolve_precision(args.precision, torch.device(device), model))
-    explained = explained_layer(model, args.method, layer)
     height, width = input_size(model)
-    k = resolved_topk(model, torch.zeros(1, 3, height, width, device=device), args.method,
-                      args.topk, layer)  # fmt: skip
-    provenance = Provenance(
-        model=name,
-        weights=describe_weights(name, pretrained),
-        method=SPECS[args.method].label,
-        template=args.template,
-        precision=precision,
-        device=device,
-        k=None if k is None else k[0],
-        channels=None if k is None else k[1],
-        layer=None if explained is None else layer_path(model, explained),
-    )
+    provenance = run_provenance(
+        model, torch.zeros(1, 3, height, width, device=device), args.method, name=name,
+        pretrained=pretrained, topk=args.topk, template=args.template, precision=args.precision,
+        layer=layer,
+    )  # fmt: skip
     config = extraction_config(
         {"model": name, "pretrained": pretrained, "no_crop": args.no_crop},
         args.method,
