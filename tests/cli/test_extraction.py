@@ -238,10 +238,15 @@ def same_files(a: Path, b: Path) -> None:
 
 @pytest.fixture(scope="module")
 def cli_tree(tmp_path_factory):
-    """Eight photos in two folders, one unreadable, and an uninterrupted run over them."""
+    """Eight photos in two folders, one unreadable, and an uninterrupted run over them.
+
+    The last photo is large (its maps are written at its resolution), so that a run killed
+    after any of the first photos is still at work, however fast the machine.
+    """
     root = tmp_path_factory.mktemp("cli")
     for i in range(7):
-        scene(root / "tree" / ("a" if i % 2 else "b") / f"{i}.png", 10_000_000 + i)
+        size = (1536, 1536) if i == 6 else (64, 64)
+        scene(root / "tree" / ("a" if i % 2 else "b") / f"{i}.png", 10_000_000 + i, size)
     (root / "tree" / "a" / "broken.png").write_bytes(b"not a png")
     subprocess.run(
         [sys.executable, "-m", "captum_gscorecam", *command(root / "tree", root / "whole")],
@@ -259,10 +264,12 @@ def test_killed_then_resumed_equals_an_uninterrupted_run(cli_tree, tmp_path):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     shard = out / "parts" / "index.rank0.jsonl"
+    done = random.randint(1, 4)  # killed after a random number of finished photos
     deadline = time.monotonic() + 300
-    while not (shard.exists() and shard.read_bytes()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(random.uniform(0, 0.5))
+    while time.monotonic() < deadline:
+        if shard.exists() and shard.read_bytes().count(b"\n") >= done:
+            break
+        time.sleep(0.002)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert not (out / "boxes.json").exists()  # killed before the end
