@@ -30,6 +30,7 @@ from captum_gscorecam.evaluation.datasets import shapes_examples
 from captum_gscorecam.evaluation.scoring import MetricParams, score_map
 from captum_gscorecam.loading import load_clip
 from captum_gscorecam.precision import resolve_precision
+from captum_gscorecam.towers import input_size
 from captum_gscorecam.visualization import upsample
 
 METHODS = {"gscorecam": GScoreCAM, "scorecam": ScoreCAM}
@@ -50,8 +51,7 @@ def main() -> None:
 
     model, preprocess, tokenizer = load_clip(args.model)
     layer = default_layer(model)
-    size = model.visual.image_size
-    size = size[0] if isinstance(size, (tuple, list)) else size
+    size, _ = input_size(model)  # the shapes scenes are square
     low, _, high = args.objects.partition("-")
     seeds = range(10_000_000, 10_000_000 + args.scenes)
     examples = shapes_examples(seeds, (int(low), int(high or low)), size)

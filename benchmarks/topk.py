@@ -33,6 +33,7 @@ from captum_gscorecam.evaluation import evaluate
 from captum_gscorecam.evaluation.datasets import shapes_examples
 from captum_gscorecam.grids import LayerGrid
 from captum_gscorecam.loading import load_clip
+from captum_gscorecam.towers import input_size
 
 METRICS = {
     "pointing": "pointing game",
@@ -70,8 +71,7 @@ def main() -> None:
     torch.set_num_threads(1)
 
     model, preprocess, tokenizer = load_clip(args.model)
-    size = model.visual.image_size
-    size = size[0] if isinstance(size, (tuple, list)) else size
+    size, _ = input_size(model)  # the shapes scenes are square
     channels = layer_channels(model, default_layer(model), torch.zeros(1, 3, size, size))
     low, _, high = args.objects.partition("-")
     objects = (int(low), int(high or low))

@@ -15,6 +15,7 @@ from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 from torch import nn
 
 from captum_gscorecam import default_layer
+from captum_gscorecam.towers import input_size
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository
 
@@ -52,9 +53,8 @@ def without_time(rows: list[dict]) -> list[dict]:
 
 
 def images_for(model: nn.Module, n: int, seed: int = 0) -> torch.Tensor:
-    size = model.visual.image_size
-    size = size[0] if isinstance(size, tuple) else size
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    height, width = input_size(model)
+    return torch.randn(n, 3, height, width, generator=torch.Generator().manual_seed(seed))
 
 
 def texts(n: int, t: int, seed: int = 1, width: int = 32) -> torch.Tensor:
