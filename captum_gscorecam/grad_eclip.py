@@ -55,9 +55,8 @@ class GradECLIP(GradientAttribution):
     model's output changed to that single-head block's). Here the model runs as it is and the
     cosine is taken per head, the attention each channel's value actually passed through;
     the two agree on one-head attention (tested against a transcription of the authors'
-    notebook). On 460 held-out shapes-vit prompts (4 heads) the pointing game measured 0.754
-    per head and 0.698 with the heads merged, the peak inside the object's mask 0.383 and
-    0.376 (``benchmarks/conventions.py``).
+    notebook). ``benchmarks/conventions.py`` measures what the choice changes on a
+    multi-head tower and writes ``benchmarks/results/conventions-vit.md``.
 
     Towers: open_clip ViTs that pool the class token or use an attentional pooler, timm ViT
     trunks (``global_pool`` ``token`` or ``map``), Hugging Face CLIP and SigLIP; towers that

@@ -56,11 +56,10 @@ class LeGrad(GradientAttribution):
     the embedding. The reference min-max normalises after upsampling by the patch size:
     ``min_max`` of this map upsampled is its map. Where this class differs, by choice: every
     block by default, as the paper aggregates them (the reference's default is the last two,
-    ``start_layer=-2`` here; on 460 held-out shapes-vit prompts the pointing game measured
-    0.924 over every block and 0.872 over the last two, the peak inside the object's mask
-    0.441 and 0.452; a class-token read-out 0.928 and 0.459; ``benchmarks/conventions.py``),
-    and no SigLIP "empty prompt" correction (the reference's option zeroes where the map of
-    "a photo of a" exceeds 0.8).
+    ``start_layer=-2`` here), and no SigLIP "empty prompt" correction (the reference's option
+    zeroes where the map of "a photo of a" exceeds 0.8). ``benchmarks/conventions.py``
+    measures what each convention changes (every block against the last two, the token mean
+    against the class token) and writes ``benchmarks/results/conventions-vit.md``.
 
     Towers: open_clip ViTs (class token, average or attentional pooling), timm ViT trunks
     inside open_clip (``global_pool`` ``token``, ``avg`` or ``map`` as SigLIP), Hugging Face

@@ -280,3 +280,64 @@ def _peak(x, y):
     peak = np.zeros((224, 224))
     peak[y, x] = 1.0
     return peak
+
+
+def _merged(model, seed, pointing_by_scene, energy=0.5):
+    """A ``multi_object.py`` results dict: per scene (from ``seed``), its examples' hits."""
+    rows = [
+        {
+            "image_id": str(seed + s),
+            "n_objects": len(hits),
+            "method": "legrad",
+            "pointing": hit,
+            "energy": energy,
+        }
+        for s, hits in enumerate(pointing_by_scene)
+        for hit in hits
+    ]
+    run = {"model": model, "dataset": "shapes", "seed": seed, "object_counts": [1, 2]}
+    config = {"run": run, "methods": ["legrad"], "precision": "fp32", "metrics": {"tolerance": 15}}
+    return {
+        "config": config,
+        "labels": {"legrad": "LeGrad"},
+        "images": len(pointing_by_scene),
+        "rows": rows,
+    }
+
+
+def test_replication_standard_errors_treat_scenes_as_clusters(tmp_path, monkeypatch):
+    script = runpy.run_path(str(BENCHMARKS / "replication.py"))
+    values = [("a", 1.0), ("a", 1.0), ("b", 0.0), ("b", 1.0), ("c", 0.0)]
+    mean, se = script["mean_and_se"](values)
+    sums = np.array([2 - 2 * 0.6, 1 - 2 * 0.6, 0 - 0.6])  # each scene's residual sum
+    assert mean == pytest.approx(0.6)
+    assert se == pytest.approx(np.sqrt(3 / 2 * (sums**2).sum() / 25))
+    assert script["mean_and_se"]([("a", 1.0), ("a", 0.0)]) == (0.5, 0.0)
+    assert script["z_score"]((0.5, 0.03), (0.4, 0.04)) == pytest.approx(-2.0)
+    assert script["z_score"]((1.0, 0.0), (1.0, 0.0)) == 0.0
+
+    published = _merged("shapes-vit", 100, [[1], [1, 1], [1], [1, 0]] * 5)
+    same = _merged("shapes-vit", 900, [[1], [1, 1], [1], [1, 0]] * 5)
+    worse = _merged("shapes-vit", 900, [[0], [0, 1], [1], [0, 0]] * 5)
+    table = script["compare"](published, same)
+    assert table["pointing"]["legrad"]["2"]["z"] == 0.0
+    assert table["pointing"]["legrad"]["1"]["published"] == (1.0, 0.0)
+    flagged = script["compare"](published, worse)
+    assert flagged["pointing"]["legrad"]["all"]["z"] < -2
+    with pytest.raises(ValueError, match="shares 20 scenes"):
+        script["compare"](published, published)
+    with pytest.raises(ValueError, match="model"):
+        script["compare"](published, _merged("shapes-rn", 900, [[1]]))
+
+    for name, results in (("pub", published), ("rep", worse)):
+        (tmp_path / name / "shapes-vit").mkdir(parents=True)
+        data = gzip.compress(json.dumps(results).encode())
+        (tmp_path / name / "shapes-vit" / "results.json.gz").write_bytes(data)
+    out = tmp_path / "replication.md"
+    argv = ["replication.py", str(tmp_path / "pub"), str(tmp_path / "rep"), "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(BENCHMARKS / "replication.py"), run_name="__main__")
+    text = out.read_text()
+    assert "published (20 scenes from seed 100)" in text
+    assert "| LeGrad | **1.000 ± 0.000 / 0.500 ± 0.167 (z -3.0)** |" in text
+    assert "Beyond 2 standard errors: 3 of 6 figures: LeGrad, pointing game, 1;" in text
