@@ -6,8 +6,9 @@ The public names are imported on first use (PEP 562), so ``import captum_gscorec
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from captum_gscorecam._lazy_names import lazy_names
 
 if TYPE_CHECKING:
     from captum_gscorecam.attribution import GScoreCAM, ScoreCAM
@@ -51,15 +52,4 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
-
-def __getattr__(name: str) -> object:
-    """Import a public name from its module the first time it is asked for."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_names(__name__, _EXPORTS)

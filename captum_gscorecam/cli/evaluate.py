@@ -119,23 +119,14 @@ def add_parser(subcommands: argparse._SubParsersAction) -> argparse.ArgumentPars
 
 
 def run(args: argparse.Namespace) -> None:
-    """``gscorecam evaluate``: check, build the examples, run :func:`evaluate`, print the table."""
-    import torch.distributed as dist
+    """``gscorecam evaluate``: check, build the examples, run :func:`evaluate`, print the table.
 
-    from captum_gscorecam.evaluation.distributed import init_distributed, rank_and_world
-    from captum_gscorecam.evaluation.report import markdown
-    from captum_gscorecam.evaluation.runner import default_topk_share, evaluate, run_config
-    from captum_gscorecam.evaluation.scoring import MetricParams
-    from captum_gscorecam.evaluation.store import check_resumable, locked
-    from captum_gscorecam.loading import check_model, load_model, resolve_device
-    from captum_gscorecam.methods import applicable_methods, check_method
-    from captum_gscorecam.precision import precision_name, resolve_precision
-    from captum_gscorecam.towers import input_size
+    Everything that can be refused without a model is checked first, before torch is imported,
+    so a refusal is quick.
+    """
+    from captum_gscorecam.evaluation.store import locked
+    from captum_gscorecam.loading import check_model
 
-    params = MetricParams(
-        tolerance=args.tolerance,
-        faithfulness_steps=args.faithfulness_steps if args.faithfulness else None,
-    )
     with usage_errors():
         check_model(args.model, args.pretrained)
     try:
@@ -147,6 +138,29 @@ def run(args: argparse.Namespace) -> None:
                 pass
     except ValueError as error:
         raise UsageError(str(error)) from None
+    _evaluate(args, setting, coco)
+
+
+def _evaluate(
+    args: argparse.Namespace, setting: dict[str, object], coco: Sequence[CocoImage] | None
+) -> None:
+    """The checked command: load the model, build the examples, evaluate, print the table."""
+    import torch.distributed as dist
+
+    from captum_gscorecam.evaluation.distributed import init_distributed, rank_and_world
+    from captum_gscorecam.evaluation.report import markdown
+    from captum_gscorecam.evaluation.runner import default_topk_share, evaluate, run_config
+    from captum_gscorecam.evaluation.scoring import MetricParams
+    from captum_gscorecam.evaluation.store import check_resumable
+    from captum_gscorecam.loading import load_model, resolve_device
+    from captum_gscorecam.methods import applicable_methods, check_method
+    from captum_gscorecam.precision import precision_name, resolve_precision
+    from captum_gscorecam.towers import input_size
+
+    params = MetricParams(
+        tolerance=args.tolerance,
+        faithfulness_steps=args.faithfulness_steps if args.faithfulness else None,
+    )
     with usage_errors():
         device = resolve_device(args.device)
     device = init_distributed(device)
@@ -191,7 +205,7 @@ def _check_out(out: Path, setting: Mapping[str, object], coco: Sequence[CocoImag
     """Refuse, before the model loads, outputs that cannot be written or would overwrite the
     COCO annotations or an image (``outputs.check_outputs``).
     """
-    from captum_gscorecam.evaluation.runner import output_files
+    from captum_gscorecam.evaluation.store import output_files
     from captum_gscorecam.outputs import check_outputs
 
     inputs = [] if coco is None else [setting["annotations"], *(image.path for image in coco)]

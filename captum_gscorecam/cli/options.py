@@ -197,13 +197,18 @@ def figure_formats() -> list[str]:
     return sorted(set(FigureCanvasBase.get_supported_filetypes()) - {"pgf"})
 
 
+# Extensions matplotlib's own backends always write; only others are looked up in matplotlib,
+# whose import would make up most of the time of refusing a later argument.
+BUILTIN_FIGURE_FORMATS = frozenset({"eps", "pdf", "png", "ps", "svg", "svgz"})
+
+
 def figure_arg(text: str) -> Path:
     """A figure file to write: a supported extension, in an existing folder, not a folder."""
     path = Path(text)
-    formats = figure_formats()
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a folder; expected a file such as demo.png")
-    if path.suffix.lower().lstrip(".") not in formats:
+    extension = path.suffix.lower().lstrip(".")
+    if extension not in BUILTIN_FIGURE_FORMATS and extension not in (formats := figure_formats()):
         raise argparse.ArgumentTypeError(
             f"cannot save a figure as {path.suffix or 'a file without extension'} ({text}); "
             f"expected one of .{', .'.join(formats)}"

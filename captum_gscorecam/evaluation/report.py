@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from captum_gscorecam.evaluation.store import REPORT_FILES
 from captum_gscorecam.outputs import write_figure, write_text
 from captum_gscorecam.registry import SPECS
 from captum_gscorecam.tables import markdown_table
@@ -89,8 +90,6 @@ COUNT_METRICS = (
     ("deletion (lower)", "deletion"),
     ("insertion (higher)", "insertion"),
 )
-# What write_report writes in a run's folder.
-REPORT_FILES = ("results.md", "results.png")
 CHART_METRICS = ("pointing", "box_accuracy", "mean_iou", "max_box_acc_v2", "energy", "mask_iou")
 # The paper's breakdown by objects per image, with a bucket for crowded (COCO) images.
 BUCKETS: tuple[tuple[str, int, int | None], ...] = (("1-3", 1, 3), ("4-6", 4, 6), ("7+", 7, None))

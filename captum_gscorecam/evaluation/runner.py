@@ -29,7 +29,6 @@ from captum_gscorecam.evaluation.datasets import Example
 from captum_gscorecam.evaluation.distributed import rank_and_world, run_lock
 from captum_gscorecam.evaluation.metrics import pointing_chance
 from captum_gscorecam.evaluation.report import (
-    REPORT_FILES,
     object_buckets,
     object_counts,
     summarize,
@@ -37,10 +36,11 @@ from captum_gscorecam.evaluation.report import (
 )
 from captum_gscorecam.evaluation.scoring import MetricParams, evaluate_image, row_keys
 from captum_gscorecam.evaluation.store import (
-    LOCK_FILE,
+    RESULTS_FILE,
     RUN_FILE,
     append_record,
     drop_damaged,
+    output_files,
     read_records,
     refuse_other_settings,
 )
@@ -50,7 +50,6 @@ from captum_gscorecam.registry import check_methods
 from captum_gscorecam.towers import default_layer, token_blocks
 
 __all__ = ["check_methods", "default_topk_share", "evaluate", "output_files", "run_config"]
-RESULTS_FILE = "results.json"
 
 
 def run_config(
@@ -181,16 +180,6 @@ def evaluate(
             write_text(out_dir / RESULTS_FILE, json.dumps(results, indent=1))
             write_report(results, out_dir)
     return results
-
-
-def output_files(out_dir: str | Path, world: int = 1) -> list[Path]:
-    """The files :func:`evaluate` writes in ``out_dir`` with ``world`` ranks, for
-    ``outputs.check_outputs`` before a model loads.
-    """
-    out_dir = Path(out_dir)
-    shards = ["results.jsonl"] if world == 1 else [f"results.rank{r}.jsonl" for r in range(world)]
-    names = [RUN_FILE, LOCK_FILE, *shards, RESULTS_FILE, *REPORT_FILES]
-    return [out_dir / name for name in names]
 
 
 def default_topk_share(model: nn.Module) -> float:

@@ -36,6 +36,7 @@ __all__ = [
     "append_record",
     "check_resumable",
     "locked",
+    "output_files",
     "read_records",
     "settings_digest",
 ]
@@ -43,6 +44,9 @@ __all__ = [
 RUN_FILE = "run.json"
 LOCK_FILE = "evaluate.lock"
 SHARDS = "results*.jsonl"
+RESULTS_FILE = "results.json"
+# What evaluation.report.write_report writes in a run's folder.
+REPORT_FILES = ("results.md", "results.png")
 
 Row = dict[str, object]
 # The (method, prompt) of each row an image must have, in order.
@@ -249,3 +253,13 @@ def _same_file(fd: int, path: Path) -> bool:
         return os.stat(path).st_ino == os.fstat(fd).st_ino
     except FileNotFoundError:
         return False
+
+
+def output_files(out_dir: str | Path, world: int = 1) -> list[Path]:
+    """The files an evaluation writes in ``out_dir`` with ``world`` ranks, for
+    ``outputs.check_outputs`` before a model loads.
+    """
+    out_dir = Path(out_dir)
+    shards = ["results.jsonl"] if world == 1 else [f"results.rank{r}.jsonl" for r in range(world)]
+    names = [RUN_FILE, LOCK_FILE, *shards, RESULTS_FILE, *REPORT_FILES]
+    return [out_dir / name for name in names]

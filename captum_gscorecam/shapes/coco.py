@@ -13,14 +13,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from captum_gscorecam.shapes.scenes import COLORS, SHAPES, render_scene
-
+# The layout constants below are read by evaluation.coco, which must not pay for torch: the
+# scenes (torch) are imported inside the functions that draw them.
 ANNOTATIONS = Path("annotations") / "instances.json"
 IMAGES = Path("images")
 
 
 def category_names() -> list[str]:
     """COCO category names, "red circle" etc.; category id i + 1 is name i."""
+    from captum_gscorecam.shapes.scenes import COLORS, SHAPES
+
     return [f"{color} {shape}" for color, shape in product(COLORS, SHAPES)]
 
 
@@ -50,6 +52,8 @@ def export_coco(
     Boxes are COCO [x, y, w, h] floats of the tight mask boxes; segmentations are uncompressed
     RLE. Returns the annotation file's path.
     """
+    from captum_gscorecam.shapes.scenes import render_scene
+
     root = Path(root)
     (root / IMAGES).mkdir(parents=True, exist_ok=True)
     (root / ANNOTATIONS).parent.mkdir(parents=True, exist_ok=True)

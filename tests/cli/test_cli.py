@@ -19,7 +19,12 @@ import captum_gscorecam
 import captum_gscorecam.loading as loading
 import captum_gscorecam.visualization as visualization
 from captum_gscorecam.cli import main
-from captum_gscorecam.cli.options import UsageError, usage_errors
+from captum_gscorecam.cli.options import (
+    BUILTIN_FIGURE_FORMATS,
+    UsageError,
+    figure_formats,
+    usage_errors,
+)
 from captum_gscorecam.clip import encode_text
 from captum_gscorecam.images import expand_images, read_image
 from captum_gscorecam.loading import load_clip
@@ -407,6 +412,32 @@ def test_help_does_not_import_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == "heavy: []"
     assert "explain your photos" in done.stdout
+
+
+def test_refusals_before_the_model_import_nothing_heavy(tmp_path):
+    """A bad argument is refused without torch or matplotlib: at parse time (a figure file
+    named before it) and in evaluate's checks before the model loads."""
+    missing = tmp_path / "missing"
+    code = (
+        "import sys\n"
+        "from captum_gscorecam.cli import main\n"
+        f"for argv in (['demo', '--out', {str(tmp_path / 'a.png')!r}, '--topk', '0'],\n"
+        "             ['evaluate', '--root', 'x'],\n"
+        f"             ['evaluate', '--dataset', 'coco', '--root', {str(missing)!r}],\n"
+        f"             ['evaluate', '--out', {str(missing / 'out')!r}]):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit as exit:\n"
+        "        assert exit.code == 2, (argv, exit.code)\n"
+        f"print('heavy:', [m for m in {HEAVY!r} if m in sys.modules])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "heavy: []"
+    assert done.stderr.count("error:") == 4, done.stderr
+
+
+def test_figure_formats_taken_without_matplotlib_are_matplotlibs():
+    assert BUILTIN_FIGURE_FORMATS.issubset(figure_formats())
 
 
 def test_the_registry_and_the_report_import_no_torch():
