@@ -2,16 +2,18 @@
 
 open_clip's towers (ModifiedResNet, VisionTransformer, timm trunks) and Hugging Face
 ``transformers``' vision models (CLIPModel, SiglipModel): the images a tower takes, its
-transformer blocks and token layout, the default target layers, and the module that maps
-images to embeddings. Every function takes the CLIP model or a wrapper that holds it as
-``model`` (:class:`~captum_gscorecam.clip.CLIPSimilarity`,
+transformer blocks and token layout, the default target layers, the module that maps images
+to embeddings, and how a ViT tower pools its tokens into the embedding (what the attention
+methods read). Every function takes the CLIP model or a wrapper that holds it as ``model``
+(:class:`~captum_gscorecam.clip.CLIPSimilarity`,
 :class:`~captum_gscorecam.clip.ZeroShotClassifier`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -20,7 +22,9 @@ from captum_gscorecam.checks import check_not_meta, describe
 
 __all__ = [
     "ImageInput",
+    "Pooling",
     "TokenLayout",
+    "ViTTower",
     "clip_model",
     "default_layer",
     "gradcam_layer",
@@ -31,6 +35,7 @@ __all__ = [
     "token_blocks",
     "token_layout",
     "tower_images",
+    "vit_tower",
 ]
 
 
@@ -444,3 +449,137 @@ class _HFImageTower(nn.Module):
     def forward(self, pixel_values: Tensor) -> Tensor:
         pooled = self.vision_model(pixel_values=pixel_values).pooler_output
         return pooled if self.projection is None else self.projection(pooled)
+
+
+Pooling = Literal["class", "mean", "attention"]
+
+
+@dataclass(frozen=True)
+class ViTTower:
+    """How a ViT image tower turns its tokens into the image embedding.
+
+    ``blocks`` first to last, whose outputs are batch first when ``batch_first``. ``pooling``
+    says what the image embedding is made from: the class token, the mean of the patch tokens,
+    or an attention-pooling head whose attention module is ``pool_attention``. ``readout``
+    maps a block's tokens ``(N, L, D)`` to an image embedding ``(N, E)`` as LeGrad does: the
+    tower's final norm and projection of the token mean (class-token and mean-pooled towers),
+    or its attention-pooling head and projection (attention-pooled towers).
+    """
+
+    blocks: tuple[nn.Module, ...]
+    batch_first: bool
+    pooling: Pooling
+    pool_attention: nn.Module | None
+    readout: Callable[[Tensor], Tensor]
+
+
+def vit_tower(model: nn.Module, method: str) -> ViTTower:
+    """The :class:`ViTTower` of a CLIP model's image tower, for the attention method ``method``.
+
+    open_clip's VisionTransformer (a class token; pooled, averaged or attention-pooled), timm
+    ViT trunks inside open_clip (``global_pool`` ``token``, ``avg`` or ``map``, SigLIP's
+    attention pooling) and Hugging Face's CLIP and SigLIP vision transformers.
+
+    Args:
+
+        model (torch.nn.Module): A CLIP model (open_clip or Hugging Face) or a wrapper of
+                    one (:class:`~captum_gscorecam.clip.CLIPSimilarity`,
+                    :class:`~captum_gscorecam.clip.ZeroShotClassifier`).
+        method (str): The method that reads the tower, named in errors; the errors name
+                    ``forward_func``, the argument the attention methods take the model as.
+
+    Returns:
+        The :class:`ViTTower`.
+
+    Raises:
+        ValueError: The tower has no transformer blocks (ResNet, ConvNeXt), or pools its
+                    tokens in a way no attention method here reads.
+    """
+    model = clip_model(model)
+    visual = getattr(model, "visual", None)
+    trunk = getattr(visual, "trunk", None)
+    vision_model = getattr(model, "vision_model", None)
+    if getattr(getattr(visual, "transformer", None), "resblocks", None) is not None:
+        parts = _open_clip_parts(visual, method)
+    elif _is_timm_vit(trunk):
+        parts = _timm_parts(visual, method)
+    elif getattr(getattr(vision_model, "encoder", None), "layers", None) is not None:
+        parts = _hf_parts(model, method)
+    else:
+        raise ValueError(
+            f"forward_func: {method} needs a ViT image tower; this model has no transformer "
+            "blocks (a ResNet or ConvNeXt tower?)"
+        )
+    blocks, pooling, pool_attention, readout = parts
+    if len(blocks) == 0:
+        raise ValueError(f"forward_func: {method} needs a ViT tower with at least one block")
+    return ViTTower(
+        blocks=tuple(blocks),
+        batch_first=_batch_first(visual),
+        pooling=pooling,
+        pool_attention=pool_attention,
+        readout=readout,
+    )
+
+
+Parts = tuple[Sequence[nn.Module], Pooling, nn.Module | None, Callable[[Tensor], Tensor]]
+
+
+def _open_clip_parts(visual: nn.Module, method: str) -> Parts:
+    blocks = visual.transformer.resblocks
+
+    def project(pooled: Tensor) -> Tensor:
+        return pooled @ visual.proj if visual.proj is not None else pooled
+
+    attn_pool = getattr(visual, "attn_pool", None)
+    if attn_pool is None:
+        pooling = "class" if getattr(visual, "pool_type", "tok") == "tok" else "mean"
+        return blocks, pooling, None, lambda tokens: project(visual.ln_post(tokens.mean(dim=1)))
+    if getattr(visual, "attn_pool_contrastive", None) is not None:
+        raise ValueError(
+            f"forward_func: {method} does not read open_clip's two-stage attention pooling "
+            "(attn_pool_contrastive)"
+        )
+    # the pooled query 0, the only one trained with the contrastive loss
+    return blocks, "attention", attn_pool.attn, lambda tokens: project(attn_pool(tokens)[:, 0])
+
+
+def _timm_parts(visual: nn.Module, method: str) -> Parts:
+    trunk = visual.trunk
+
+    def project(pooled: Tensor) -> Tensor:
+        return visual.head(trunk.head(trunk.head_drop(trunk.fc_norm(pooled))))
+
+    pool = getattr(trunk, "global_pool", None)
+    if pool == "map":
+        return trunk.blocks, "attention", trunk.attn_pool, lambda t: project(trunk.attn_pool(t))
+    if pool in ("token", "avg"):
+        pooling = "class" if pool == "token" else "mean"
+        return trunk.blocks, pooling, None, lambda t: project(trunk.norm(t.mean(dim=1)))
+    raise ValueError(
+        f"forward_func: {method} reads timm ViTs with global_pool 'token', 'avg' or 'map', "
+        f"got {pool!r}"
+    )
+
+
+def _hf_parts(model: nn.Module, method: str) -> Parts:
+    vision_model = model.vision_model
+    layers = vision_model.encoder.layers
+    head = getattr(vision_model, "head", None)
+    if head is not None and getattr(vision_model, "use_head", True):
+        return layers, "attention", head.attention, head
+    projection = getattr(model, "visual_projection", None)
+    if projection is None or not hasattr(vision_model, "post_layernorm"):
+        raise ValueError(
+            f"forward_func: {method} reads Hugging Face CLIP towers (a class token, "
+            "post_layernorm, visual_projection) and SigLIP towers with their pooling head"
+        )
+    return layers, "class", None, lambda t: projection(vision_model.post_layernorm(t.mean(dim=1)))
+
+
+def _batch_first(visual: nn.Module | None) -> bool:
+    """open_clip towers before batch-first transformers ran their blocks sequence first."""
+    transformer = getattr(visual, "transformer", None)
+    if transformer is None:
+        return True
+    return bool(getattr(transformer, "batch_first", False))

@@ -38,6 +38,7 @@ from captum_gscorecam.towers import (
     is_clip_model,
     token_blocks,
     token_layout,
+    vit_tower,
 )
 from tests.helpers import texts
 from tests.tower_models import (
@@ -63,6 +64,16 @@ LAYOUTS = {
     "timm_vit_registers_avg": (3, False),
     "open_clip_attn_pool": (1, False),
     "open_clip_avg_pool": (1, False),
+}
+# what the image embedding of each ViT tower is made from (vit_tower)
+POOLINGS = {
+    "hf_clip": "class",
+    "hf_siglip": "attention",
+    "timm_vit_siglip": "attention",
+    "timm_vit_token": "class",
+    "timm_vit_registers_avg": "mean",
+    "open_clip_attn_pool": "attention",
+    "open_clip_avg_pool": "mean",
 }
 
 
@@ -102,6 +113,30 @@ def test_declared_pooling_matches_the_gradient(tower):
         handle.remove()
     (grad,) = torch.autograd.grad(score.sum(), store["out"])
     assert bool((grad[:, prefix:] == 0).all()) == pools
+
+
+def test_vit_tower_reads_blocks_pooling_and_readout(tower):
+    name, model, size, _, _, _ = tower
+    if name not in POOLINGS:
+        with pytest.raises(ValueError, match="forward_func: M needs a ViT image tower"):
+            vit_tower(model, "M")
+        return
+    read = vit_tower(CLIPSimilarity(model), "M")
+    assert read.blocks == tuple(token_blocks(model))
+    assert read.pooling == POOLINGS[name]
+    assert (read.pool_attention is not None) == (read.pooling == "attention")
+    store = {}
+    hook = read.blocks[-1].register_forward_hook(lambda _m, _a, out: store.update(out=out))
+    try:
+        with torch.no_grad():
+            embedding = CLIPSimilarity(model).embed_images(images(2, size))
+    finally:
+        hook.remove()
+    out = store["out"][0] if isinstance(store["out"], tuple) else store["out"]
+    tokens = out if read.batch_first else out.transpose(0, 1)
+    assert tokens.shape[:2] == (2, 16 + LAYOUTS[name][0])
+    with torch.no_grad():
+        assert read.readout(tokens).shape == embedding.shape
 
 
 @pytest.mark.slow
