@@ -81,7 +81,8 @@ def test_bf16_maps_equal_fp32_maps_within_tolerance(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(BUILDERS))
-def test_the_copy_is_cached_and_remade_when_the_weights_change(name):
+def test_the_copy_holds_the_tower_in_its_dtype_and_is_cached(name):
+    """What the copy holds; test_levers remakes it after every kind of weight change."""
     model = BUILDERS[name](0)
     x = images_for(model, 1)
     text = texts(1, 1)
@@ -95,20 +96,8 @@ def test_the_copy_is_cached_and_remade_when_the_weights_change(name):
     assert not any(p.requires_grad for p in copy.tower.parameters())
     assert torch.equal(cam.attribute(x, target=text, topk=0.5, precision="bf16"), first)
     assert cam.reduced_tower is copy  # reused
-
-    with torch.no_grad():  # an in-place change of the weights: the copy must follow
-        for p in model.visual.parameters():
-            p.mul_(-1.0)
-    changed = cam.attribute(x, target=text, topk=0.5, precision="bf16")
-    assert cam.reduced_tower is not copy
-    assert torch.allclose(changed, cam.attribute(x, target=text, topk=0.5), atol=1e-2)
-    assert not torch.allclose(changed, first)
-
-    copy = cam.reduced_tower
-    model.load_state_dict(BUILDERS[name](1).state_dict())
-    cam.attribute(x, target=text, topk=0.5, precision="bf16")
-    assert cam.reduced_tower is not copy
     cam.attribute(x, target=text, topk=0.5, precision=torch.float16)
+    assert cam.reduced_tower is not copy
     assert cam.reduced_tower.dtype == torch.float16
 
 
