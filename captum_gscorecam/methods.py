@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -20,6 +22,7 @@ __all__ = [
     "METHODS",
     "applicable_methods",
     "check_method",
+    "comparison_provenance",
     "explain_maps",
     "explained_layer",
     "layer_path",
@@ -264,6 +267,49 @@ def run_provenance(
         channels=None if k is None else k[1],
         layer=None if explained is None else layer_path(model, explained),
     )
+
+
+def comparison_provenance(
+    model: nn.Module,
+    images: Tensor,
+    methods: Sequence[str],
+    *,
+    name: str,
+    pretrained: str | None = None,
+    topk: int | float | None = None,
+    template: str = "{}",
+    precision: str | torch.dtype | None = None,
+) -> Provenance:
+    """What made the maps of several methods compared on the same images (the demo,
+    ``gscorecam evaluate``): :func:`run_provenance` of the first method that takes k (else of
+    the first method), its method part the methods' labels, comma-separated.
+
+    Args:
+
+        model (torch.nn.Module): The CLIP model.
+        images (Tensor): Preprocessed images ``(N, 3, H, W)`` on the model's device.
+        methods (sequence of str): Keys of the registry, at least one.
+        name (str): The model's name as ``load_model`` took it.
+        pretrained (str, optional): Its pretrained tag or checkpoint file.
+                    Default: None
+        topk (int, float or None, optional): As :func:`explain_maps` takes it.
+                    Default: None
+        template (str, optional): The text around each prompt.
+                    Default: ``"{}"``
+        precision (str or torch.dtype, optional): As :func:`explain_maps` takes it.
+                    Default: None (fp32)
+
+    Returns:
+        *Provenance*: as :func:`run_provenance` says it, naming every method.
+    """
+    if not methods:
+        raise ValueError("methods: expected at least one method")
+    lead = next((m for m in methods if method_spec(m).takes("topk")), methods[0])
+    made = run_provenance(
+        model, images, lead, name=name, pretrained=pretrained, topk=topk, template=template,
+        precision=precision,
+    )  # fmt: skip
+    return replace(made, method=", ".join(method_spec(m).label for m in methods))
 
 
 def _explainer(spec: MethodSpec, model: nn.Module, layer: nn.Module | None) -> Any:

@@ -150,12 +150,8 @@ def show_maps(
     for c, label in enumerate(["image", *col_labels]):
         axes[0, c].set_title(label, fontsize=10)
     own = vmin is None and vmax is None
-    bar = panels.colorbar(
-        _mappable((0.0, 1.0) if own else (vmin, vmax)),
-        ax=list(axes[:, 1:].flat),
-        location="bottom",
-        shrink=0.6,
-        aspect=40,
+    bar = _bottom_colorbar(
+        panels, _mappable((0.0, 1.0) if own else (vmin, vmax)), list(axes[:, 1:].flat), 0.6
     )
     if own:
         bar.set_ticks([0, 1], labels=["each map's minimum", "its maximum"])
@@ -236,9 +232,7 @@ def photo_figure(
             bar = panels.colorbar(_mappable((low, high)), ax=ax, fraction=0.04, pad=0.02)
             bar.ax.tick_params(labelsize=7)
     if scale == "shared":
-        bar = panels.colorbar(
-            _mappable(ranges[0]), ax=list(axes), location="bottom", shrink=0.8, aspect=40
-        )
+        bar = _bottom_colorbar(panels, _mappable(ranges[0]), list(axes), 0.8)
         bar.ax.set_title("map value, one scale for every prompt", fontsize=8)
         bar.ax.tick_params(labelsize=7)
     return fig
@@ -272,6 +266,22 @@ def _with_header(fig: Figure, header: Sequence[tuple[str, str]], body: float) ->
         y = 1 - (i + 0.5) / len(header)
         top.text(0.02, y, line, color=colour, fontsize=HEADER_FONT_SIZE, va="center")
     return panels
+
+
+def _bottom_colorbar(panels: Any, mappable: Any, axes: list[Any], shrink: float) -> Any:
+    """A horizontal colour bar under ``axes``, ``shrink`` of their width, its thickness and
+    room in inches: matplotlib's default share of the height (15%) left a tall figure (the
+    demo's nine rows) a gap of inches and cut the bar's tick labels off at the bottom edge.
+    """
+    height = panels.bbox.height / panels.dpi
+    return panels.colorbar(
+        mappable,
+        ax=axes,
+        location="bottom",
+        shrink=shrink,
+        aspect=40,
+        fraction=COLORBAR_INCHES / 2 / height,
+    )
 
 
 def _mappable(value_range: tuple[float, float], cmap: str = "jet") -> Any:

@@ -59,8 +59,6 @@ def run(args: argparse.Namespace) -> None:
     """Explain every object of a few held-out shapes scenes with the registry's demo methods
     that apply to the tower; one figure and each method's pointing game.
     """
-    from dataclasses import replace
-
     import numpy as np
     import torch
 
@@ -68,7 +66,7 @@ def run(args: argparse.Namespace) -> None:
     from captum_gscorecam.evaluation.metrics import pointing_game
     from captum_gscorecam.evaluation.scoring import MetricParams
     from captum_gscorecam.loading import load_model, resolve_device
-    from captum_gscorecam.methods import applicable_methods, explain_maps, run_provenance
+    from captum_gscorecam.methods import applicable_methods, comparison_provenance, explain_maps
     from captum_gscorecam.outputs import check_outputs, write_figure
     from captum_gscorecam.shapes import render_scene
     from captum_gscorecam.towers import input_size
@@ -99,10 +97,9 @@ def run(args: argparse.Namespace) -> None:
             ]
         )
         columns.append(_relative(maps))
-    provenance = replace(
-        run_provenance(model, images, "gscorecam", name=f"shapes-{args.tower}", topk=args.topk,
-                       precision=args.precision),
-        method=", ".join(SPECS[method].label for method in methods),
+    provenance = comparison_provenance(
+        model, images, methods, name=f"shapes-{args.tower}", topk=args.topk,
+        precision=args.precision,
     )  # fmt: skip
     print(provenance.line())
     rows = [(i, t) for i, scene in enumerate(scenes) for t in range(len(scene.captions))]

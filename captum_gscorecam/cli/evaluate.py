@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from captum_gscorecam.cli.options import (
     FIRST_HELD_OUT_SEED,
@@ -177,6 +178,7 @@ def _evaluate(
                 args.out, run_config(setting, methods, topk, params, precision=precision)
             )
             examples = _examples(args, input_size(model)[0], coco)
+            made = _provenance(args, model, methods, topk)
             results = evaluate(
                 model,
                 preprocess,
@@ -190,6 +192,7 @@ def _evaluate(
                 show_progress=True,
                 precision=args.precision,
                 by_count=args.dataset == "shapes",
+                provenance=made,
             )
         except ValueError as error:
             raise UsageError(str(error)) from None
@@ -199,6 +202,33 @@ def _evaluate(
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _provenance(
+    args: argparse.Namespace, model: Any, methods: Sequence[str], topk: float | int
+) -> dict[str, object]:
+    """What makes the maps (``methods.comparison_provenance``), said first on the terminal
+    with its warnings on stderr (rank 0), for ``results.json``, ``results.md`` and
+    ``results.png``.
+    """
+    import torch
+
+    from captum_gscorecam.evaluation.distributed import rank_and_world
+    from captum_gscorecam.methods import comparison_provenance
+    from captum_gscorecam.towers import input_size
+
+    size = input_size(model)[0]
+    probe = torch.zeros(1, 3, size, size, device=next(model.parameters()).device)
+    made = comparison_provenance(
+        model, probe, methods, name=args.model, pretrained=args.pretrained, topk=topk,
+        template=args.template if args.dataset == "coco" else "{}", precision=args.precision,
+    )  # fmt: skip
+    warnings = made.warnings(shapes_scene=args.dataset == "shapes")
+    if rank_and_world()[0] == 0:
+        print(made.line())
+        for warning in warnings:
+            print(f"gscorecam evaluate: {warning}", file=sys.stderr)
+    return {**made.as_dict(), "line": made.line(), "warnings": warnings}
 
 
 def _check_out(out: Path, setting: Mapping[str, object], coco: Sequence[CocoImage] | None) -> None:
@@ -216,8 +246,13 @@ def _check_out(out: Path, setting: Mapping[str, object], coco: Sequence[CocoImag
 def _run_description(args: argparse.Namespace) -> dict[str, object]:
     """The dataset and model settings of the command, checked."""
     from captum_gscorecam.evaluation.coco import coco_files
+    from captum_gscorecam.loading import describe_weights
 
-    setting: dict[str, object] = {"model": args.model, "pretrained": args.pretrained}
+    setting: dict[str, object] = {
+        "model": args.model,
+        "pretrained": args.pretrained,
+        "weights": describe_weights(args.model, args.pretrained),
+    }
     if args.dataset == "shapes":
         for flag in ("root", "annotations", "images"):
             if getattr(args, flag) is not None:

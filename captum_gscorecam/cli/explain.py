@@ -244,7 +244,8 @@ def _explain_photos(
         preprocess = no_crop(preprocess)
     provenance = _provenance(args, paths[0], model, preprocess, layer)
     print(provenance.line())
-    for warning in [*provenance.warnings(shapes_scene=False), *_slow(args, model)]:
+    meaningless = provenance.warnings(shapes_scene=False)
+    for warning in [*meaningless, *_slow(args, model)]:
         print(f"gscorecam explain: {warning}", file=sys.stderr)
     text = encode_text(model, tokenizer, texts)[None]
     if args.save_maps is not None:
@@ -262,7 +263,7 @@ def _explain_photos(
                                     provenance)  # fmt: skip
             rows.append((str(path), scores, time.perf_counter() - began))
     elapsed = time.perf_counter() - start
-    written = append_scores(folder, run, rows, args.prompt, texts, provenance)
+    written = append_scores(folder, run, rows, args.prompt, texts, provenance, meaningless)
     print("CLIP scores (logit_scale * cos):")
     print(score_table(rows, texts))
     print(f"{len(paths)} image(s) x {len(texts)} prompt(s) in {elapsed:.1f} s")
@@ -271,7 +272,7 @@ def _explain_photos(
     if args.save_maps is not None:
         print(
             f"wrote {len(paths)} map(s) (T, H, W), each with its <image>.json (prompts, texts, "
-            f"scores, settings), and prompts.json to {args.save_maps}"
+            f"scores, settings, warnings), and prompts.json to {args.save_maps}"
         )
 
 
@@ -375,6 +376,7 @@ def _explain_photo(
             "scores": scores,
             "scale": args.scale,
             "provenance": provenance.as_dict(),
+            "warnings": provenance.warnings(shapes_scene=False),
         }
         write_json(args.save_maps / f"{path.stem}.json", record)
     return scores

@@ -3,8 +3,9 @@
 A run adds its rows to what earlier runs wrote there, never replacing them, and every row says
 what made it: ``scores.csv`` has a row per (image, prompt) with the text that was scored (the
 prompt in its template) and the run's settings as columns (``provenance.Provenance``);
-``scores.md`` gets a table per run (a row per image, a column per scored text) under the
-run's provenance line. Nothing here imports torch.
+``scores.md`` gets a table per run (a row per image, a column per scored text) over the
+run's provenance line and its warnings (``Provenance.warnings``), in bold. Nothing here
+imports torch.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def append_scores(
     prompts: Sequence[str],
     texts: Sequence[str],
     provenance: Provenance,
+    warnings: Sequence[str] = (),
 ) -> tuple[Path, Path]:
     """Add a run's scores to ``folder/scores.csv`` and ``folder/scores.md`` (made if missing).
 
@@ -85,6 +87,10 @@ def append_scores(
         prompts (sequence of str): The prompts as given.
         texts (sequence of str): The texts scored: the prompts in their template.
         provenance (Provenance): What made the scores.
+        warnings (sequence of str, optional): Why the scores cannot mean anything (random
+                    weights, a shapes model on a photo), each a line of ``scores.md`` under the
+                    provenance line (``scores.csv`` says the weights in its ``weights`` column).
+                    Default: ``()``
 
     Returns:
         The paths of ``scores.csv`` and ``scores.md``.
@@ -100,7 +106,8 @@ def append_scores(
             writer.writerow([run, image, prompt, text, f"{score:.4f}", f"{seconds:.2f}", *settings])
     write_text(csv_path, _existing(csv_path) + buffer.getvalue())
     earlier = _existing(md_path)
-    table = f"{score_table(rows, texts)}\n\n*{provenance.line()} | run {run}*\n"
+    said = "".join(f"\n**{warning}**\n" for warning in warnings)
+    table = f"{score_table(rows, texts)}\n\n*{provenance.line()} | run {run}*\n{said}"
     write_text(md_path, f"{earlier}\n{table}" if earlier else table)
     return csv_path, md_path
 

@@ -195,6 +195,7 @@ def markdown(results: Mapping[str, object]) -> str:
         "",
         f"Run: {_describe(config)}.",
         "",
+        *_made_by(results),
         markdown_table(
             ["method", *(title for title, _, _ in columns)],
             [
@@ -311,6 +312,19 @@ def _describe(config: Mapping[str, object]) -> str:
     return ", ".join(parts)
 
 
+def _made_by(results: Mapping[str, object]) -> list[str]:
+    """The line of what made the maps (``provenance.Provenance.line``) and its warnings in
+    bold, each a paragraph; none for results that do not record them.
+    """
+    made = results.get("provenance")
+    if not made:
+        return []
+    lines = [f"Made by: {made['line']}.", ""]
+    for warning in made["warnings"]:
+        lines += [f"**{warning}**", ""]
+    return lines
+
+
 def _cell(value: object, fmt: str) -> str:
     """A formatted number, or a dash when it does not apply."""
     return "-" if value is None else format(value, fmt)
@@ -327,7 +341,8 @@ def write_report(results: Mapping[str, object], out_dir: str | Path) -> None:
 def write_chart(results: Mapping[str, object], path: str | Path) -> None:
     """Bars of the localization metrics per method, and of deletion / insertion when run.
 
-    Titled with the model, the dataset and the number of examples.
+    Titled with the model, the dataset and the number of examples; under the bars, what made
+    the maps and its warnings (``results["provenance"]``) where the results record them.
     """
     summary: Mapping[str, Mapping[str, object]] = results["summary"]
     metrics = [k for k in CHART_METRICS if any(s[k] is not None for s in summary.values())]
@@ -349,7 +364,12 @@ def write_chart(results: Mapping[str, object], path: str | Path) -> None:
         axes[1].set_ylabel("AUC of logit_scale * cos")
         axes[1].set_title("faithfulness", fontsize=9)
     fig.suptitle(_title(results), fontsize=10)
-    fig.tight_layout()
+    made = results.get("provenance")
+    # what made the maps, and in red why they cannot mean anything, a line each at the bottom
+    footer = [(made["line"], "black"), *((w, "red") for w in made["warnings"])] if made else []
+    for i, (line, colour) in enumerate(reversed(footer)):
+        fig.text(0.01, 0.01 + 0.045 * i, line, fontsize=7, color=colour)
+    fig.tight_layout(rect=(0, 0.045 * len(footer), 1, 1))
     write_figure(path, fig, dpi=100)
 
 

@@ -82,6 +82,7 @@ def evaluate(
     show_progress: bool = False,
     precision: str | torch.dtype | None = None,
     by_count: bool = False,
+    provenance: Mapping[str, object] | None = None,
 ) -> dict[str, object]:
     """Score every method on every example; resumable, and sharded under torch.distributed.
 
@@ -105,14 +106,18 @@ def evaluate(
             ``run.json`` as ``fp32``, ``bf16`` or ``fp16``; a resumed run must match.
         by_count: Also break the scores down by the exact number of objects per image
             (``by_count``), for datasets with a few counts, such as shapes scenes.
+        provenance: What made the maps this time (``provenance.Provenance.as_dict`` with its
+            ``line`` and ``warnings``), stored as ``results.json``'s ``provenance`` and said in
+            ``results.md`` and ``results.png``; not a setting (a resume may run on another
+            device).
 
     Returns:
         The content of ``results.json``: ``config``, ``images``, ``examples``, ``summary``
         (method -> metric -> value), ``by_objects``, ``pointing_chance`` (the pointing game's
         chance level, :func:`~captum_gscorecam.evaluation.metrics.pointing_chance`, over all
         examples as ``"all"`` and, with ``by_count``, per count), ``by_count`` (count ->
-        method -> metric -> value, with ``by_count`` only) and ``rows``, without their IoU
-        curves, which stay in the JSON lines (on every rank).
+        method -> metric -> value, with ``by_count`` only), ``rows``, without their IoU
+        curves, which stay in the JSON lines (on every rank), and ``provenance`` if given.
 
     Raises:
         ValueError: Bad methods or topk, no examples, or an ``out_dir`` holding results of
@@ -175,6 +180,7 @@ def evaluate(
                 else {}
             ),
             "rows": [{k: v for k, v in row.items() if k != "iou_curve"} for row in rows],
+            **({"provenance": dict(provenance)} if provenance else {}),
         }
         if rank == 0:
             write_text(out_dir / RESULTS_FILE, json.dumps(results, indent=1))

@@ -639,7 +639,10 @@ def test_every_output_says_what_made_it_and_runs_add_up(tmp_path, capsys, monkey
     assert len(tables) == 2  # the first run's table kept, the second added
     assert f"\n\n*{line} | run " in tables[0]
     assert "*LayerGradCam | layer visual.layer4 | shapes-rn" in tables[1]
+    for table in tables:  # the warning under each run's table, as on the terminal
+        assert table.rstrip().endswith(f"\n\n**{warnings[0]}**")
     record = json.loads((maps / f"{path.stem}.json").read_text())
+    assert record["warnings"] == warnings
     assert record["texts"] == ["a photo of a cat"]
     assert record["provenance"]["method"] == "LayerGradCam"
     assert record["scale"] == "per-prompt"
@@ -657,6 +660,7 @@ def test_random_weights_are_said_every_time(tmp_path, capsys, loaded_model, scen
         assert "| RN50 (RANDOM WEIGHTS) |" in printed.out.splitlines()[0]
         (warning,) = said(printed.err)
         assert warning.startswith("warning: RN50 has RANDOM WEIGHTS")
+        assert f"**{warning}**" in (tmp_path / f"o{run}" / "scores.md").read_text()
 
 
 def test_a_scores_file_of_other_columns_is_not_replaced(tmp_path, capsys, no_model, scene_png):

@@ -502,3 +502,28 @@ def test_show_maps_draws_the_same_overlays_as_photo_figure():
 def _uint8(image: np.ndarray) -> np.ndarray:
     """An overlay as photo_figure draws it: uint8 (the figure holds every panel until saved)."""
     return np.rint(image * 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("rows", [1, 9])
+def test_the_colour_bar_and_its_tick_labels_lie_inside_a_tall_figure(rows):
+    """The demo's nine rows once cut the bar's tick labels off at the figure's bottom edge."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    rng = np.random.default_rng(0)
+    images = [rng.random((16, 16, 3)) for _ in range(rows)]
+    maps = [[rng.random((16, 16))] * 3 for _ in range(rows)]
+    photo = blob_photo(60, 90, 30, 20)  # tall: one row per prompt, stacked
+    photo_maps = to_photo(torch.rand(rows, 7, 7), photo.size, clip_preprocess(32))
+    for fig in (
+        show_maps(images, maps, ["p"] * rows, list("abc"), vmin=0, vmax=1, title="t | u"),
+        photo_figure(photo, photo_maps, ["p"] * rows, [0.0] * rows, "m", title="t | u"),
+    ):
+        renderer = FigureCanvasAgg(fig).get_renderer()
+        fig.draw(renderer)
+        (bar,) = _maps_and_bars(fig)[1]
+        labels = [label for label in bar.get_xticklabels() if label.get_text()]
+        assert labels
+        for label in labels:
+            box = label.get_window_extent(renderer)
+            assert box.y0 >= 0
+            assert 0 <= box.x0 < box.x1 <= fig.bbox.width

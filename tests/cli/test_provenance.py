@@ -107,3 +107,51 @@ def test_imports_no_torch():
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# gscorecam evaluate: the weights in run.json, what made the maps on every output, the warnings
+
+
+@pytest.mark.parametrize(
+    ("name", "weights", "warned"),
+    [("RN50", RANDOM_WEIGHTS, "RN50 has RANDOM WEIGHTS"), ("shapes-rn", SHAPES_WEIGHTS, None)],
+)
+def test_evaluate_says_what_made_its_maps(
+    tmp_path, capsys, monkeypatch, loaded_model, name, weights, warned
+):
+    # RN50 stands in for an open_clip name built without weights: no RN50 is built.
+    from captum_gscorecam.cli import main
+    from captum_gscorecam.evaluation import report
+    from captum_gscorecam.loading import load_clip
+
+    loaded_model(*load_clip("shapes-rn"))
+    charts = []
+    write_figure = report.write_figure
+    monkeypatch.setattr(
+        report,
+        "write_figure",
+        lambda path, fig, **kw: charts.append(fig) or write_figure(path, fig, **kw),
+    )
+    argv = ["evaluate", "--model", name, "--methods", "gscorecam,gradcam", "--topk", "4"]
+    assert main([*argv, "--limit", "1", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr()
+    line = printed.out.splitlines()[0]
+    assert line.startswith(f"gScoreCAM, LayerGradCam | k=4/256 | layer visual.layer4 | {name} ")
+    assert f"| {name} ({weights}) | template '{{}}' |" in line
+    assert line.endswith(f"on cpu | captum-gscorecam {captum_gscorecam.__version__}")
+    warnings = [w.partition(": ")[2] for w in printed.err.splitlines() if ": warning: " in w]
+    assert [w.startswith(f"warning: {warned} ") for w in warnings] == [True] * bool(warned)
+
+    assert json.loads((tmp_path / "run.json").read_text())["run"]["weights"] == weights
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["provenance"]["line"] == line
+    assert saved["provenance"]["weights"] == weights
+    assert saved["provenance"]["warnings"] == warnings
+    table = (tmp_path / "results.md").read_text()
+    assert f"weights={weights}" in table
+    assert f"\nMade by: {line}.\n" in table
+    assert all(f"\n**{warning}**\n" in table for warning in warnings)
+    (chart,) = charts
+    drawn = [(text.get_text(), text.get_color()) for text in chart.texts]
+    assert drawn[0] == (f"{name} on shapes, 1 images, 3 examples", "black")  # the title
+    assert drawn[1:] == [(w, "red") for w in reversed(warnings)] + [(line, "black")]
