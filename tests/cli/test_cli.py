@@ -396,20 +396,28 @@ def test_help_shows_every_default_and_the_methods(capsys):
         assert f" {method} " in text
 
 
-def test_help_does_not_import_torch():
-    """``gscorecam --help`` and each command's ``--help`` need none of the heavy imports."""
-    code = (
+def heavy_after(argvs: list[list[str]], code: int) -> subprocess.CompletedProcess:
+    """``main`` on each of ``argvs`` in a fresh interpreter, each exiting with ``code``; the
+    last line of its output lists the heavy modules then imported (``heavy: [...]``)."""
+    script = (
         "import sys\n"
         "from captum_gscorecam.cli import main\n"
-        "for argv in (['--help'], ['explain', '--help'], ['demo', '--help'], ['evaluate', '-h'],\n"
-        "             ['evaluate', '--methods', 'gscorecam,hilacam', '--help'], ['app', '-h']):\n"
+        f"for argv in {argvs!r}:\n"
         "    try:\n"
         "        main(argv)\n"
-        "    except SystemExit:\n"
-        "        pass\n"
+        "    except SystemExit as exit:\n"
+        f"        assert exit.code == {code}, (argv, exit.code)\n"
         f"print('heavy:', [m for m in {HEAVY!r} if m in sys.modules])\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    command = [sys.executable, "-c", script]
+    return subprocess.run(command, capture_output=True, text=True, check=True)
+
+
+def test_help_does_not_import_torch():
+    """``gscorecam --help`` and each command's ``--help`` need none of the heavy imports."""
+    argvs = [["--help"], ["explain", "--help"], ["demo", "--help"], ["evaluate", "-h"]]
+    argvs += [["evaluate", "--methods", "gscorecam,hilacam", "--help"], ["app", "-h"]]
+    done = heavy_after(argvs, 0)
     assert done.stdout.strip().splitlines()[-1] == "heavy: []"
     assert "explain your photos" in done.stdout
 
@@ -418,20 +426,13 @@ def test_refusals_before_the_model_import_nothing_heavy(tmp_path):
     """A bad argument is refused without torch or matplotlib: at parse time (a figure file
     named before it) and in evaluate's checks before the model loads."""
     missing = tmp_path / "missing"
-    code = (
-        "import sys\n"
-        "from captum_gscorecam.cli import main\n"
-        f"for argv in (['demo', '--out', {str(tmp_path / 'a.png')!r}, '--topk', '0'],\n"
-        "             ['evaluate', '--root', 'x'],\n"
-        f"             ['evaluate', '--dataset', 'coco', '--root', {str(missing)!r}],\n"
-        f"             ['evaluate', '--out', {str(missing / 'out')!r}]):\n"
-        "    try:\n"
-        "        main(argv)\n"
-        "    except SystemExit as exit:\n"
-        "        assert exit.code == 2, (argv, exit.code)\n"
-        f"print('heavy:', [m for m in {HEAVY!r} if m in sys.modules])\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    argvs = [
+        ["demo", "--out", str(tmp_path / "a.png"), "--topk", "0"],
+        ["evaluate", "--root", "x"],
+        ["evaluate", "--dataset", "coco", "--root", str(missing)],
+        ["evaluate", "--out", str(missing / "out")],
+    ]
+    done = heavy_after(argvs, 2)
     assert done.stdout.strip().splitlines()[-1] == "heavy: []"
     assert done.stderr.count("error:") == 4, done.stderr
 
