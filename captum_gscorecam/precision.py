@@ -10,10 +10,10 @@ model's own precision. The ways (``PRECISIONS``):
 - ``"fp32-fast"``: a float32 copy with each BatchNorm folded into the convolution before it
   and, on CPU, channels-last weights: the same function up to float rounding, faster on CNN
   towers (a ViT gains nothing).
-- ``"fp32-compiled"``: that copy compiled by ``torch.compile``, once per batch size; the
-  compilation costs far more than one call saves, so it pays only over many masked passes
-  with one attribution object; a failure to compile falls back to the ``"fp32-fast"`` copy
-  with one warning.
+- ``"fp32-compiled"``: that copy compiled by ``torch.compile`` (its weights frozen into the
+  graph), once per batch size; the compilation costs far more than one call saves, so it
+  pays only over many masked passes with one attribution object; a failure to compile falls
+  back to the ``"fp32-fast"`` copy with one warning.
 - ``"bf16"`` / ``"fp16"``: a copy cast to that dtype (channels-last on CPU): fast where the
   hardware computes in it (CPUs with AVX512-BF16 or AMX, CUDA GPUs), slower than float32 where
   it is emulated (a warning says so).

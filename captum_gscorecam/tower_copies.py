@@ -162,7 +162,11 @@ class CompiledTower:
 
     def __init__(self, tower: nn.Module) -> None:
         self.eager = tower
-        self.compiled: nn.Module | None = torch.compile(tower, dynamic=False)
+        # freezing: the weights become constants of the graph, so convolutions get their
+        # weights prepacked for the CPU's kernels once (the copy's weights never change)
+        self.compiled: nn.Module | None = torch.compile(
+            tower, dynamic=False, options={"freezing": True}
+        )
         self.sizes: list[int] = []
 
     def __call__(self, images: Tensor) -> Tensor:
