@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +204,7 @@ def _extract(args: argparse.Namespace, photos: list[Any], device: str) -> Any:
     """Load the model on this process's device and run ``extraction.extract``."""
     import torch
 
+    from captum_gscorecam.evaluation.distributed import rank_and_world
     from captum_gscorecam.extraction import extract, extraction_config
     from captum_gscorecam.loading import find_layer
     from captum_gscorecam.methods import check_method, run_provenance
@@ -231,6 +233,10 @@ def _extract(args: argparse.Namespace, photos: list[Any], device: str) -> Any:
         pretrained=pretrained, topk=args.topk, template=args.template, precision=args.precision,
         layer=layer,
     )  # fmt: skip
+    if rank_and_world()[0] == 0:  # what makes the maps, and why they may mean nothing
+        print(provenance.line())
+        for warning in provenance.warnings(shapes_scene=False):
+            print(f"gscorecam explain: {warning}", file=sys.stderr)
     config = extraction_config(
         {"model": name, "pretrained": pretrained, "no_crop": args.no_crop},
         args.method,

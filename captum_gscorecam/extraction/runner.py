@@ -176,7 +176,8 @@ def extract(
         refuse_other_settings(out_dir, Records(other_settings=other))
         if rank == 0:
             drop_damaged(Records(damaged=damaged))
-            write_json(out_dir / RUN_FILE, {"config": config, "provenance": provenance.as_dict()})
+            made = {"provenance": provenance.as_dict(), "warnings": provenance.warnings(False)}
+            write_json(out_dir / RUN_FILE, {"config": config, **made})
         if world > 1:
             dist.barrier()  # the shards are clean before any rank appends
         left = [p for p in photos if p.name not in done][rank::world]
@@ -328,7 +329,8 @@ class _Work:
         path = self.out_dir / "maps" / f"{photo.name}.npy"
         write_npy_slices(path, localized(), maps.shape, config["dtype"])
         if self.figures:
-            _write_figure(self.out_dir / "figures" / f"{photo.name}.png", image, maps, photo)
+            figure = self.out_dir / "figures" / f"{photo.name}.png"
+            _write_figure(figure, image, maps, photo, texts, scores, self.provenance)
         return {
             "settings": self.digest,
             "photo": photo.name,
@@ -373,33 +375,36 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_figure(path: Path, image: Any, maps: Any, photo: Photo) -> None:
-    """A row per prompt: the map over the photo, its boxes (best in white) and points."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _write_figure(
+    path: Path,
+    image: Any,
+    maps: Any,
+    photo: Photo,
+    texts: Sequence[str],
+    scores: Any,
+    provenance: Provenance,
+) -> None:
+    """``explain``'s figure of the photo (``visualization.photo_figure``: what made it and its
+    warnings on top, a row per prompt with its score, one colour scale and its bar), with each
+    map's boxes (best in white) on it.
+    """
     from matplotlib.patches import Rectangle
 
     from captum_gscorecam.images import for_display
-    from captum_gscorecam.visualization import overlay
+    from captum_gscorecam.visualization import photo_figure
 
     shown = for_display(image, photo.name)
-    width, height = shown.size
-    fig, axes = plt.subplots(
-        len(maps), 1, figsize=(5, 5 * height / width * len(maps) + 0.3), squeeze=False
-    )
     placed = maps.at_size(shown.size)
-    for t, ax in enumerate(axes[:, 0]):
-        ax.imshow(overlay(np.asarray(shown), placed[t]))
+    fig = photo_figure(
+        shown, placed, texts, [float(s) for s in scores], provenance.method,
+        title=provenance.line(), warnings=provenance.warnings(shapes_scene=False),
+    )  # fmt: skip
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    for t, ax in enumerate(panels):
         for rank, (x, y, w, h, _) in enumerate(boxes_from_map(placed[t])[:3]):
             colour = "white" if rank == 0 else "0.6"
             ax.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, ec=colour, lw=1.5))
-        ax.set_title(repr(photo.prompts[t]), fontsize=9)
-        ax.axis("off")
-    fig.tight_layout()
     write_figure(path, fig, dpi=100)
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------- resume and merge

@@ -155,3 +155,44 @@ def test_evaluate_says_what_made_its_maps(
     drawn = [(text.get_text(), text.get_color()) for text in chart.texts]
     assert drawn[0] == (f"{name} on shapes, 1 images, 3 examples", "black")  # the title
     assert drawn[1:] == [(w, "red") for w in reversed(warnings)] + [(line, "black")]
+
+
+def test_dataset_extraction_says_what_made_its_maps(tmp_path, capsys, monkeypatch, loaded_model):
+    # RN50 stands in for an open_clip name built without weights: no RN50 is built.
+    import numpy as np
+    from PIL import Image
+
+    import captum_gscorecam.visualization as visualization
+    from captum_gscorecam.cli import main
+    from captum_gscorecam.loading import load_clip
+
+    loaded_model(*load_clip("shapes-rn"))
+    drawn = []
+    photo_figure = visualization.photo_figure
+
+    def recorded(*args, **kwargs):
+        drawn.append((args[2:4], kwargs))
+        return photo_figure(*args, **kwargs)
+
+    monkeypatch.setattr(visualization, "photo_figure", recorded)
+    (tmp_path / "photos").mkdir()
+    photo = np.random.default_rng(0).integers(0, 256, (48, 72, 3), dtype=np.uint8)
+    Image.fromarray(photo).save(tmp_path / "photos" / "p.png")
+    argv = ["explain", str(tmp_path / "photos"), "--dataset", "--model", "RN50", "--figures"]
+    argv += ["--method", "gradcam", "--prompt", "x", "--template", "a {}", "--threads", "1"]
+    assert main([*argv, "--out", str(tmp_path / "o"), "--device", "cpu"]) == 0
+    printed = capsys.readouterr()
+    line = printed.out.splitlines()[0]
+    assert line.startswith("LayerGradCam | layer visual.layer4 | RN50 (RANDOM WEIGHTS) |")
+    warnings = [w.partition(": ")[2] for w in printed.err.splitlines() if ": warning: " in w]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("warning: RN50 has RANDOM WEIGHTS")
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert run["provenance"]["weights"] == RANDOM_WEIGHTS
+    assert run["warnings"] == warnings
+    (((texts, scores), kwargs),) = drawn  # the figure: explain's, with its title block
+    assert texts == ["a x"]
+    indexed = json.loads((tmp_path / "o" / "index.jsonl").read_text())["scores"]
+    assert scores == pytest.approx(indexed, abs=1e-5)
+    assert kwargs == {"title": line, "warnings": warnings}
+    assert (tmp_path / "o" / "figures" / "p.png.png").is_file()
