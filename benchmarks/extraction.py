@@ -126,19 +126,22 @@ def watch(argv: list[str], out: Path, every: float = 0.1, kill_at: int | None = 
     sampling its process tree every ``every`` seconds.
     """
     began, cpu = time.perf_counter(), _children_cpu()
-    process = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)  # fmt: skip
-    samples = []
-    while process.poll() is None:
-        tree_cpu, rss = _tree(process.pid)
-        samples.append(Sample(time.perf_counter() - began, _done(out), tree_cpu, rss))
-        if kill_at is not None and samples[-1].done >= kill_at:
-            os.killpg(process.pid, signal.SIGKILL)
-            break
-        time.sleep(every)
-    _, errors = process.communicate()
-    if kill_at is None and process.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed:\n{errors.decode()[-2000:]}")
+    # A file, not a pipe: the progress bars would fill a pipe nobody reads until the end.
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.DEVNULL,
+                                   stderr=errors)  # fmt: skip
+        samples = []
+        while process.poll() is None:
+            tree_cpu, rss = _tree(process.pid)
+            samples.append(Sample(time.perf_counter() - began, _done(out), tree_cpu, rss))
+            if kill_at is not None and samples[-1].done >= kill_at:
+                os.killpg(process.pid, signal.SIGKILL)
+                break
+            time.sleep(every)
+        process.wait()
+        if kill_at is None and process.returncode != 0:
+            errors.seek(0)
+            raise RuntimeError(f"{' '.join(argv)} failed:\n{errors.read().decode()[-2000:]}")
     return Watched(process.pid, time.perf_counter() - began, _children_cpu() - cpu, samples)
 
 
@@ -412,6 +415,7 @@ TITLES = {
     "memory": "Memory over a long run",
     "resume": "Resume after a kill at 50%",
     "ap": "COCO box AP on shapes scenes",
+    "ap-all": "COCO box AP on shapes scenes, every category prompted on every scene",
 }
 HEAD = """# Dataset extraction on CPU
 
@@ -427,7 +431,8 @@ def write_section(path: Path, name: str, command: str, lines: list[str]) -> None
     if path.exists():
         for chunk in path.read_text().split("\n## ")[1:]:
             title = chunk.split("\n", 1)[0].strip()
-            key = next((k for k, t in TITLES.items() if title.startswith(t)), title)
+            longest_first = sorted(TITLES.items(), key=lambda item: -len(item[1]))
+            key = next((k for k, t in longest_first if title.startswith(t)), title)
             sections[key] = "## " + chunk.rstrip() + "\n"
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     sections[name] = "\n".join(
@@ -460,7 +465,8 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="extraction-bench-"))
     try:
         for name in args.parts.split(","):
-            write_section(args.out, name, command, parts[name](root, args))
+            key = "ap-all" if name == "ap" and args.categories == "all" else name
+            write_section(args.out, key, command, parts[name](root, args))
             print(f"wrote the {name} section of {args.out}", flush=True)
     finally:
         shutil.rmtree(root)
