@@ -30,6 +30,7 @@ ONLY_HERE = {
     "figures": False,
     "dtype": None,
     "boxes": None,
+    "box_threshold": None,
     "points": None,
     "workers": None,
     "threads": None,
@@ -95,6 +96,14 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         "--boxes", type=non_negative_arg, default=None, help="boxes per prompt (default: 5)"
     )
     group.add_argument(
+        "--box-threshold",
+        type=_unit_arg,
+        default=None,
+        metavar="T",
+        help="boxes around the pixels of the min-max normalised map >= T, a number in [0, 1] "
+        "(default: Otsu's threshold, the gScoreCAM paper's protocol)",
+    )
+    group.add_argument(
         "--points", type=non_negative_arg, default=None, help="points per prompt (default: 1)"
     )
     group.add_argument("--figures", action="store_true", help="also figures/<path>.png")
@@ -111,6 +120,16 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         help="CPU threads per process (default: the cores divided by the processes on this "
         "machine)",
     )
+
+
+def _unit_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
 
 
 def wanted(args: argparse.Namespace) -> bool:
@@ -246,6 +265,7 @@ def _extract(args: argparse.Namespace, photos: list[Any], device: str) -> Any:
         dtype=args.dtype or "float32",
         boxes=5 if args.boxes is None else args.boxes,
         points=1 if args.points is None else args.points,
+        box_threshold=args.box_threshold,
         layer=provenance.layer,
         perturbations_per_eval=args.perturbations_per_eval,
     )

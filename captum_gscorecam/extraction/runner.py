@@ -101,10 +101,13 @@ def extraction_config(
     dtype: str = "float32",
     boxes: int = 5,
     points: int = 1,
+    box_threshold: float | None = None,
     **settings: object,
 ) -> dict[str, object]:
     """The settings that make two extractions' files the same, as plain JSON data; a rerun on
-    the same folder must match them. ``settings`` are further ones (layer, no_crop...).
+    the same folder must match them. ``box_threshold`` (None: Otsu's) is a key only when
+    given, so the folders of runs made before it existed keep their digest. ``settings`` are
+    further ones (layer, no_crop...).
     """
     config = {
         "run": dict(run),
@@ -115,6 +118,7 @@ def extraction_config(
         "dtype": dtype,
         "boxes": boxes,
         "points": points,
+        **({} if box_threshold is None else {"box_threshold": box_threshold}),
         **settings,
     }
     return json.loads(json.dumps(config))
@@ -144,8 +148,8 @@ def extract(
         out_dir: The output folder; an earlier run's files there of the same ``config`` are
             reused.
         config: :func:`extraction_config`: ``method``, ``topk``, ``template``, ``precision``,
-            ``dtype``, ``boxes`` (per prompt, best first) and ``points`` (per prompt) are read
-            from it; its digest is on every line.
+            ``dtype``, ``boxes`` (per prompt, best first), ``box_threshold`` (absent: Otsu's)
+            and ``points`` (per prompt) are read from it; its digest is on every line.
         provenance: What made the maps, on every line of ``index.jsonl``.
         layer: The explained layer of a method that takes one (None: its default).
         perturbations_per_eval: Masked images per forward pass (None: the method's default).
@@ -219,6 +223,13 @@ def _check(photos: Sequence[Photo], config: Mapping[str, object], workers: int) 
         check_topk(config["topk"])
     if config["dtype"] not in DTYPES:
         raise ValueError(f"dtype: expected float16 or float32, got {config['dtype']!r}")
+    threshold = config.get("box_threshold")
+    if threshold is not None and (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, (int, float))
+        or not 0 <= threshold <= 1
+    ):
+        raise ValueError(f"box_threshold: expected a number in [0, 1] or None, got {threshold!r}")
     for key in ("boxes", "points"):
         if isinstance(config[key], bool) or not isinstance(config[key], int) or config[key] < 0:
             raise ValueError(f"{key}: expected an integer >= 0, got {config[key]!r}")
@@ -321,7 +332,8 @@ class _Work:
 
         def localized() -> Iterator[np.ndarray]:
             for saliency in maps:
-                boxes.append(_rounded(boxes_from_map(saliency)[: int(config["boxes"])]))
+                found = boxes_from_map(saliency, config.get("box_threshold"))  # type: ignore[arg-type]
+                boxes.append(_rounded(found[: int(config["boxes"])]))
                 found = points_from_map(saliency, max(1, int(config["points"])), spacing)
                 points.append(_rounded(found[: int(config["points"])]))
                 yield saliency

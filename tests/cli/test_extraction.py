@@ -147,6 +147,25 @@ def test_maps_index_and_boxes_per_photo(tmp_path, shapes_rn):
     assert (tmp_path / "o" / "failed.jsonl").read_text() == ""
 
 
+def test_boxes_at_a_given_threshold_are_the_saved_maps_boxes_at_it(tmp_path, shapes_rn):
+    from captum_gscorecam.localize import boxes_from_map
+
+    scene(tmp_path / "t" / "img.png", SEEDS[0])
+    photos = with_prompts(tree_photos([tmp_path / "t"]), ["red circle"])
+    found = {}
+    for name, threshold in (("otsu", None), ("fixed", 0.8)):
+        run_extract(shapes_rn, photos, tmp_path / name, box_threshold=threshold)
+        saved = np.load(tmp_path / name / "maps" / "img.png.npy")[0]  # float32: as boxed
+        found[name] = index(tmp_path / name)[0]["boxes"][0]
+        expected = boxes_from_map(saved, threshold)[:5]
+        np.testing.assert_allclose(found[name], expected, atol=1e-5)
+    assert found["otsu"] != found["fixed"]
+    assert "box_threshold" not in config()  # the digests of earlier folders stay valid
+    with pytest.raises(ValueError, match="box_threshold: expected a number in"):
+        run_extract(shapes_rn, photos, tmp_path / "bad", box_threshold=1.5)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_an_unreadable_photo_is_recorded_and_the_run_goes_on(tmp_path, shapes_rn):
     scene(tmp_path / "t" / "good.png", SEEDS[0])
     (tmp_path / "t" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
@@ -213,6 +232,10 @@ def test_dataset_options_need_dataset_mode(capsys):
     assert "give --prompt or --prompt-file, not both" in capsys.readouterr().err
     assert main(["explain", "--dataset", "--prompt", "a"]) == 2
     assert "give photos" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:  # argparse exits; our checks return 2
+        main(["explain", "x.png", "--dataset", "--prompt", "a", "--box-threshold", "2"])
+    assert exited.value.code == 2
+    assert "argument --box-threshold: expected a number in [0, 1]" in capsys.readouterr().err
 
 
 def command(tree: Path, out: Path) -> list[str]:
