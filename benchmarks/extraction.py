@@ -226,8 +226,8 @@ def memory(root: Path, args: argparse.Namespace) -> list[str]:
     for mark in marks:
         sample = next(s for s in run.samples if s.done >= mark)
         worker = [b for p, b in sample.rss.items() if p != run.pid]
-        rows.append(f"| {sample.done} | {sample.rss[run.pid] / 2**20:.0f} | "
-                     f"{max(worker, default=0) / 2**20:.0f} |")  # fmt: skip
+        shown = f"{max(worker) / 2**20:.0f}" if worker else "(exited)"
+        rows.append(f"| {sample.done} | {sample.rss[run.pid] / 2**20:.0f} | {shown} |")
         print(rows[-1], flush=True)
     shutil.rmtree(out)
     return [
