@@ -134,7 +134,10 @@ def build_app(
         given["run"].click(
             explain,
             [given[name] for name in ("photo", "prompts", "method", "topk", "precision", "scale")],
-            [shown[name] for name in ("overlays", "scores", "status", "download", "figure")],
+            [
+                shown[name]
+                for name in ("overlays", "scores", "status", "download", "figure", "record")
+            ],
             api_name="explain",
         )
     close, launch = page.close, page.launch
@@ -203,8 +206,10 @@ def _inputs(gr: Any, methods: list[str]) -> dict[str, Any]:
 
 
 def _outputs(gr: Any) -> dict[str, Any]:
-    """The right column: what ran, the overlays, the scores, the maps to download."""
-    return {
+    """The right column: what ran, the overlays, the scores, the maps and what made them to
+    download, the figure ``gscorecam explain`` writes.
+    """
+    shown = {
         "status": gr.Markdown(elem_id="status"),
         "overlays": gr.Gallery(
             label="Overlays on the photo (click one to enlarge)",
@@ -220,12 +225,21 @@ def _outputs(gr: Any) -> dict[str, Any]:
             elem_id="scores",
         ),
         "download": gr.File(label="Maps (.npy, float32 (T, H, W), NaN where cropped)"),
-        "figure": gr.Image(
-            label="The figure gscorecam explain writes: what made it, the maps, the colour bar",
-            interactive=False,
-            elem_id="figure",
+        "record": gr.File(
+            label="What made the maps (.json: prompts, scores, provenance, warnings)",
+            elem_id="record",
         ),
     }
+    caption = "The figure gscorecam explain writes: what made it, the maps, the colour bar"
+    gr.Markdown(f"{caption} (its full-screen button enlarges it)")
+    shown["figure"] = gr.Image(
+        label=caption,
+        show_label=False,  # the label's badge would hide the figure's title block
+        interactive=False,
+        height=560,  # whole, however many prompts (a row each)
+        elem_id="figure",
+    )
+    return shown
 
 
 class _Explainer:
@@ -297,16 +311,23 @@ class _Explainer:
         precision: str,
         scale: str,
         progress: gr.Progress,
-    ) -> tuple[list[tuple[np.ndarray, str]], list[list[Any]], str, str, str]:
+    ) -> tuple[list[tuple[np.ndarray, str]], list[list[Any]], str, str, str, str]:
         """Overlays, scores, a status line (with what made them and any warning), the ``.npy``
-        path and the figure's path; bad input raises gr.Error.
+        path, the figure's path and the path of the maps' record (``gscorecam explain
+        --save-maps``'s ``<image>.json``: prompts, scores, scale, provenance, warnings); bad
+        input raises gr.Error.
         """
         import numpy as np
 
         from captum_gscorecam.checks import topk_from_text
         from captum_gscorecam.clip import encode_text
         from captum_gscorecam.methods import run_provenance
-        from captum_gscorecam.outputs import OutputError, write_figure, write_npy_slices
+        from captum_gscorecam.outputs import (
+            OutputError,
+            write_figure,
+            write_json,
+            write_npy_slices,
+        )
         from captum_gscorecam.photos import explain_photo
         from captum_gscorecam.precision import resolve_precision
         from captum_gscorecam.registry import method_spec
@@ -366,14 +387,25 @@ class _Explainer:
         )  # fmt: skip
         # one request at a time; Gradio copies what it returns
         out, drawn_figure = self.folder / "gscorecam-maps.npy", self.folder / "figure.png"
+        record = self.folder / "gscorecam-maps.json"
+        made = {
+            "image": Path(path).name,
+            "prompts": prompts,
+            "texts": prompts,  # the page has no template
+            "scores": [float(score) for score in scores],
+            "scale": scale,
+            "provenance": provenance.as_dict(),
+            "warnings": said,
+        }
         try:
             write_npy_slices(out, maps, maps.shape, np.float32)  # one map in memory at a time
             write_figure(drawn_figure, figure, dpi=100)
+            write_json(record, made)
         except OutputError as error:
             raise _refused(error) from None
         rows = [[p, round(float(s), 2)] for p, s in zip(prompts, scores, strict=True)]
         status = _status(method, len(prompts), dtype, seconds, provenance.line(), said)
-        return gallery, rows, status, str(out), str(drawn_figure)
+        return gallery, rows, status, str(out), str(drawn_figure), str(record)
 
     def _drawn(self, photo: Any, name: str) -> tuple[Any, list[str]]:
         """The photo as drawn (downscaled above the display limit) and the warnings that says."""

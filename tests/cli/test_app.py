@@ -5,6 +5,7 @@ headless Chromium; both with the bundled shapes-rn model.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from captum_gscorecam.cli import main
 from captum_gscorecam.clip import CLIPSimilarity, encode_text
 from captum_gscorecam.methods import explain_maps
 from captum_gscorecam.photos import explain_photo
+from captum_gscorecam.provenance import Provenance
 from captum_gscorecam.shapes import load_shapes_clip, render_scene
 from captum_gscorecam.visualization import to_photo
 from tests.helpers import ROOT
@@ -168,7 +170,9 @@ def test_a_file_that_is_not_an_image_is_a_message_in_the_page(client, tmp_path):
 
 
 def test_what_made_the_result_is_in_the_status_and_the_figure(client, photo):
-    _, _, status, _, figure = _explain_all(client, photo, "a red circle\na blue square")
+    _, scores, status, maps, figure, record = _explain_all(
+        client, photo, "a red circle\na blue square"
+    )
     line = (
         "gScoreCAM | k=26/256 | layer visual.layer4 | shapes-rn (shapes world: knows only "
         "coloured shapes) | template '{}' | fp32 on cpu | captum-gscorecam "
@@ -179,6 +183,14 @@ def test_what_made_the_result_is_in_the_status_and_the_figure(client, photo):
     assert status.endswith("**warning: shapes-rn knows only coloured shapes (the bundled shapes "
                            "world); on a photo its maps and scores mean nothing: use a real CLIP "
                            "(RN50, openai)**")  # fmt: skip
+    # beside the maps, what made them: explain --save-maps's <image>.json
+    made = json.loads(Path(record).read_text())
+    assert made["prompts"] == ["a red circle", "a blue square"]
+    assert made["scores"] == pytest.approx([row[1] for row in scores["data"]], abs=0.005)
+    assert len(made["scores"]) == np.load(maps).shape[0]
+    assert Provenance(**made["provenance"]).line() == line
+    assert made["warnings"] == [status.rpartition("\n\n**")[2].removesuffix("**")]
+    assert made["scale"] == "shared"
     drawn = Image.open(figure)  # the command line's figure: a panel per prompt, stacked
     assert drawn.format == "PNG"
     assert drawn.size[1] > 1.5 * drawn.size[0]
