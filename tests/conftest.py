@@ -17,6 +17,7 @@ from tests.helpers import (
     EVAL_SEEDS,
     EVAL_SIZE,
     NO_CHROMIUM,
+    NO_SELENIUM,
     chromium,
     tiny_eval_vit,
     tiny_rn,
@@ -147,7 +148,7 @@ def free_port() -> Callable[[], int]:
 @pytest.fixture
 def chrome(tmp_path, monkeypatch):
     """A headless Chromium driven by selenium, quit after the test (skip where none is found)."""
-    webdriver = pytest.importorskip("selenium.webdriver")
+    webdriver = pytest.importorskip("selenium.webdriver", reason=NO_SELENIUM)
     browser, driver_path = chromium()
     if None in (browser, driver_path):
         pytest.skip(NO_CHROMIUM)

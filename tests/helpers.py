@@ -102,7 +102,11 @@ def reference_gscorecam(
         return F.relu((weights[:, None, None] * torch.stack(maps)).sum(0))
 
 
-NO_CHROMIUM = "needs Chromium and chromedriver (Debian: apt-get install chromium chromium-driver)"
+NO_CHROMIUM = (
+    "needs Chromium and chromedriver (Debian: apt-get install chromium chromium-driver; "
+    "then python -m pytest -m browser)"
+)
+NO_SELENIUM = "needs selenium: pip install -e '.[test]'"
 
 
 def chromium() -> tuple[str | None, str | None]:

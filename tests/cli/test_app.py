@@ -26,7 +26,7 @@ from captum_gscorecam.photos import explain_photo
 from captum_gscorecam.provenance import Provenance
 from captum_gscorecam.shapes import load_shapes_clip, render_scene
 from captum_gscorecam.visualization import to_photo
-from tests.helpers import ROOT
+from tests.helpers import NO_CHROMIUM, NO_SELENIUM, ROOT
 
 SCENE_SEED = 10_000_007
 # gradio's queue calls pandas options that pandas 3 deprecates; not ours to fix
@@ -34,7 +34,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting' is deprecated"),
     pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
 ]
-NEEDS_GRADIO = "the app needs the [app] extra (gradio, gradio_client)"
+NEEDS_GRADIO = "the app needs the [app] extra: pip install -e '.[app]' (gradio, gradio_client)"
 
 
 @pytest.fixture(scope="module")
@@ -508,3 +508,11 @@ def test_a_photo_over_the_display_limit_is_drawn_downscaled(client, photo, monke
     gallery, _, _, download = _explain(client, photo, "a red circle\na blue square")
     assert [Image.open(item["image"]).size for item in gallery] == [(160, 120)] * 2
     assert np.load(download).shape == (2, 240, 320)  # the maps keep the photo's resolution
+
+
+def test_each_skip_reason_says_how_to_run_the_test():
+    """A skipped app or browser test names what to install (and the browser test's marker)."""
+    assert "pip install -e '.[app]'" in NEEDS_GRADIO
+    assert "pip install -e '.[test]'" in NO_SELENIUM
+    assert "apt-get install chromium chromium-driver" in NO_CHROMIUM
+    assert "pytest -m browser" in NO_CHROMIUM
