@@ -300,7 +300,9 @@ def comparison_provenance(
                     Default: None (fp32)
 
     Returns:
-        *Provenance*: as :func:`run_provenance` says it, naming every method.
+        *Provenance*: as :func:`run_provenance` says it, naming every method; its layer part
+        adds the layer of each method that explains another one, e.g. ``visual.transformer.
+        resblocks.3 (LayerGradCam: visual.transformer.resblocks.2)``.
     """
     if not methods:
         raise ValueError("methods: expected at least one method")
@@ -309,7 +311,17 @@ def comparison_provenance(
         model, images, lead, name=name, pretrained=pretrained, topk=topk, template=template,
         precision=precision,
     )  # fmt: skip
-    return replace(made, method=", ".join(method_spec(m).label for m in methods))
+    others = {}
+    for method in methods:
+        explained = explained_layer(model, method)
+        path = None if explained is None else layer_path(model, explained)
+        if path is not None and path != made.layer:
+            others[method_spec(method).label] = path
+    layer = made.layer
+    if others:
+        said = ", ".join(f"{label}: {path}" for label, path in others.items())
+        layer = f"{layer} ({said})" if layer else said
+    return replace(made, method=", ".join(method_spec(m).label for m in methods), layer=layer)
 
 
 def _explainer(spec: MethodSpec, model: nn.Module, layer: nn.Module | None) -> Any:

@@ -196,3 +196,23 @@ def test_dataset_extraction_says_what_made_its_maps(tmp_path, capsys, monkeypatc
     assert scores == pytest.approx(indexed, abs=1e-5)
     assert kwargs == {"title": line, "warnings": warnings}
     assert (tmp_path / "o" / "figures" / "p.png.png").is_file()
+
+
+def test_a_comparison_names_every_method_and_each_layer_explained():
+    import torch
+
+    from captum_gscorecam.loading import load_clip
+    from captum_gscorecam.methods import comparison_provenance, explained_layer, layer_path
+
+    model = load_clip("shapes-vit")[0]
+    probe = torch.zeros(1, 3, 224, 224)
+    made = comparison_provenance(model, probe, ["gscorecam", "gradcam", "hilacam"], name="v")
+    assert made.method == "gScoreCAM, LayerGradCam, HilaCAM"
+    lead, before = (layer_path(model, explained_layer(model, m)) for m in ("gscorecam", "gradcam"))
+    assert lead != before  # LayerGradCam explains the block before on class-token ViTs
+    assert made.layer == f"{lead} (LayerGradCam: {before})"
+    assert (made.k, made.channels) == (64, 128)
+    alone = comparison_provenance(model, probe, ["gradcam", "uniform"], name="v")
+    assert (alone.method, alone.layer, alone.k) == ("LayerGradCam, Uniform", before, None)
+    with pytest.raises(ValueError, match="methods: expected at least one"):
+        comparison_provenance(model, probe, [], name="v")
