@@ -197,7 +197,9 @@ def throughput(root: Path, args: argparse.Namespace) -> list[str]:
     return [
         "gScoreCAM at its default k (shapes towers: 10% of the channels of a convolutional layer, "
         "50% of a ViT layer's; RN50: 10% of 2048), two prompts per photo (`red circle`, "
-        "`blue square`), 224 px shapes scenes, `--threads 1` per process, float32 maps. "
+        "`blue square`), 224 px shapes scenes, `--threads 1` per process, float32 maps, "
+        "`--precision auto` (on a CPU with bf16 arithmetic, as this one, the masked passes in "
+        "bf16). "
         "RN50 is open_clip's architecture with random weights (no download here): its cost is "
         "the real model's, its maps mean nothing. photos/s and CPU s/photo are the steady "
         "state (after each rank's first photo); the startup (imports, model, first photo) is "
@@ -337,7 +339,8 @@ def coco_ap(root: Path, args: argparse.Namespace) -> list[str]:
         "its area over the object's, and whether it holds the object's centre. AP50 at t: "
         "boxes cut from the same saved maps at the fixed threshold t of the min-max map "
         "(`localize.boxes_by_threshold`), scored the same way. CPU s/photo: steady state, "
-        "startup apart.",
+        "startup apart. `--precision auto`: the masked passes of gScoreCAM and ScoreCAM in bf16 on "
+        "a CPU with bf16 arithmetic, as this one.",
         "",
         *header,
         *rows,
@@ -407,6 +410,70 @@ def _iou(a: list[float], b: list[float]) -> float:
     return w * h / (a[2] * a[3] + b[2] * b[3] - w * h)
 
 
+# ---------------------------------------------------------------- a scene's boxes
+
+
+FIGURE_SEED = FIRST + 1001  # four objects
+
+
+def boxes_figure(root: Path, args: argparse.Namespace) -> list[str]:
+    """The exported boxes (Otsu's) and boxes at ``THRESHOLDS[-1]`` against the objects' boxes
+    on one scene, a panel per object; written to ``args.figure``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+    from PIL import Image
+
+    from captum_gscorecam.localize import boxes_from_map
+
+    annotations = scenes(root, "figure", 1, FIGURE_SEED)
+    out = root / "figure-out"
+    argv = explain(["--coco", str(annotations)], out, "--model", "shapes-rn", "--method",
+                   "gscorecam", "--categories", "present", "--workers", "0")  # fmt: skip
+    watch(argv, out)
+    record = json.loads((out / "index.jsonl").read_text().splitlines()[0])
+    truth = json.loads(annotations.read_text())
+    names = {c["id"]: c["name"] for c in truth["categories"]}
+    objects = {a["category_id"]: a["bbox"] for a in truth["annotations"]}
+    photo = np.asarray(Image.open(annotations.parent.parent / "images" / record["photo"]))
+    maps = np.load(out / record["map"])
+    count = len(record["prompts"])
+    fig, axes = plt.subplots(1, count, figsize=(3.2 * count, 3.7), squeeze=False)
+    for t, ax in enumerate(axes[0]):
+        category = record["category_ids"][t]
+        ax.imshow(photo)
+        ax.imshow(maps[t], cmap="jet", alpha=0.45)
+        drawn = [(objects[category], "lime", "-", "object"),
+                 (record["boxes"][t][0][:4], "white", "--", "Otsu (exported)"),
+                 (boxes_from_map(maps[t], THRESHOLDS[-1])[0][:4], "yellow", ":",
+                  f"threshold {THRESHOLDS[-1]}")]  # fmt: skip
+        for (x, y, w, h), colour, style, label in drawn:
+            ax.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, ec=colour, ls=style,
+                                   lw=2, label=label))  # fmt: skip
+        ax.set_title(f"a {names[category]}", fontsize=10)
+        ax.axis("off")
+    axes[0, 0].legend(loc="lower left", fontsize=7, framealpha=0.8)
+    p = record["provenance"]
+    fig.suptitle(f"{p['model']} ({p['weights']}), {p['method']} k={p['k']} of {p['channels']}, "
+                 f"{p['layer']}, {p['precision']}, {p['device']}; scene seed {FIGURE_SEED}",
+                 fontsize=9)  # fmt: skip
+    fig.tight_layout()
+    args.figure.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.figure, dpi=70)
+    plt.close(fig)
+    return [
+        f"![boxes against the objects]({os.path.relpath(args.figure, args.out.parent)})",
+        "",
+        "Green: the object's box; white dashed: the first box `boxes.json` holds for the prompt "
+        f"(Otsu's threshold); yellow dotted: the first box at the threshold {THRESHOLDS[-1]} of "
+        "the min-max map. The map is the upsampled 7 x 7 grid of the tower's last layer: "
+        "Otsu's region takes in the blob's skirt.",
+    ]
+
+
 # ---------------------------------------------------------------- the results file
 
 
@@ -416,6 +483,7 @@ TITLES = {
     "resume": "Resume after a kill at 50%",
     "ap": "COCO box AP on shapes scenes",
     "ap-all": "COCO box AP on shapes scenes, every category prompted on every scene",
+    "figure": "Boxes against the objects on one scene",
 }
 HEAD = """# Dataset extraction on CPU
 
@@ -455,13 +523,17 @@ def main() -> None:
     parser.add_argument("--ap-scenes", type=int, default=20)
     parser.add_argument("--ap-plans", default=",".join(f"{m}:{x}" for m, x in AP_PLANS))
     parser.add_argument(
+        "--figure", type=Path, default=Path("benchmarks/results/extraction-boxes.png")
+    )
+    parser.add_argument(
         "--categories", choices=["all", "present"], default="present", help="COCO prompts"
     )
     args = parser.parse_args()
     command = "OMP_NUM_THREADS=1 nice -n 10 python " + " ".join(
         [Path(sys.argv[0]).as_posix(), *sys.argv[1:]]
     )
-    parts = {"throughput": throughput, "memory": memory, "resume": resume, "ap": coco_ap}
+    parts = {"throughput": throughput, "memory": memory, "resume": resume, "ap": coco_ap,
+             "figure": boxes_figure}  # fmt: skip
     root = Path(tempfile.mkdtemp(prefix="extraction-bench-"))
     try:
         for name in args.parts.split(","):
