@@ -465,9 +465,8 @@ def boxes_figure(root: Path, args: argparse.Namespace) -> list[str]:
     fig.savefig(args.figure, dpi=70)
     plt.close(fig)
     return [
-        f"![boxes against the objects]({os.path.relpath(args.figure, args.out.parent)})",
-        "",
-        "Green: the object's box; white dashed: the first box `boxes.json` holds for the prompt "
+        f"`{args.figure.as_posix()}`, a panel per object of scene {FIGURE_SEED}. Green: the "
+        "object's box; white dashed: the first box `boxes.json` holds for the prompt "
         f"(Otsu's threshold); yellow dotted: the first box at the threshold {THRESHOLDS[-1]} of "
         "the min-max map. The map is the upsampled 7 x 7 grid of the tower's last layer: "
         "Otsu's region takes in the blob's skirt.",
