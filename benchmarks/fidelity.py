@@ -58,7 +58,13 @@ def main() -> None:
     precisions = ["fp32", *args.precisions.split(",")]
     for precision in precisions:
         resolve_precision(precision, "cpu")  # a bad name fails before the long run
-    cams = {method: build(model, layer) for method, build in METHODS.items()}
+    # one object per method and precision: each keeps its own copy of the tower (one object
+    # would remake, and recompile, its copy at every change of precision)
+    cams = {
+        (method, precision): build(model, layer)
+        for method, build in METHODS.items()
+        for precision in precisions
+    }
     params = MetricParams()
     rows: list[dict[str, object]] = []
     change: dict[tuple[str, str], list[tuple[float, bool]]] = {}
@@ -68,11 +74,12 @@ def main() -> None:
     for done, group in enumerate(groups.values(), start=1):
         image = preprocess(Image.fromarray(group[0].load_image()))[None]
         text = encode_text(model, tokenizer, [example.prompt for example in group])[None]
-        for method, cam in cams.items():
+        for method in METHODS:
             topk = {"topk": args.topk} if method == "gscorecam" else {}
             reference = None
             for precision in precisions:
                 start = time.process_time()
+                cam = cams[method, precision]
                 maps = cam.attribute(image, target=text, precision=precision, **topk)[0]
                 seconds = time.process_time() - start
                 if reference is None:
