@@ -168,7 +168,7 @@ def scenes(root: Path, name: str, count: int, first: int = FIRST) -> Path:
 PLANS = {
     "shapes-rn": [(1, 0), (1, 1), (2, 0), (2, 1)],
     "shapes-vit": [(1, 0), (1, 1), (2, 1)],
-    "RN50": [(1, 1), (2, 1)],
+    "RN50": [(1, 0), (1, 1), (2, 1)],
 }
 
 
