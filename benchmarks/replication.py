@@ -148,6 +148,24 @@ def markdown(model: str, published: Mapping, replicated: Mapping, table: Mapping
     return "\n".join(lines) + "\n"
 
 
+def summary(tables: Mapping[str, tuple[Mapping, Mapping]], group: str) -> str:
+    """The pointing game at the largest number of objects (``group``) and over all counts, per
+    model and method: published, replication and z, as a markdown table."""
+    lines = [
+        f"| model | method | published, {group} objects | replication | z "
+        "| published, all | replication | z |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for model, (labels, table) in tables.items():
+        for method, per in table["pointing"].items():
+            cells = []
+            for part in (group, "all"):
+                (p, se), (r, rse), z = (per[part][k] for k in ("published", "replication", "z"))
+                cells += [f"{p:.3f} ± {se:.3f}", f"{r:.3f} ± {rse:.3f}", f"{z:+.1f}"]
+            lines.append(f"| {model} | {labels[method]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def read(folder: Path, model: str) -> dict[str, object]:
     """A model's merged results as ``benchmarks/multi_object.py`` stored them."""
     path = folder / model / "results.json.gz"
@@ -171,10 +189,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"Flag: |z| > {FLAG_Z:g}. With many figures compared, about 1 in 20 is flagged by chance "
         "alone; constant figures (a method at 1.000 or 0.000 in both) have no spread and z 0.",
     ]
+    sections, tables = [], {}
     for model in models:
         published, replicated = read(args.published, model), read(args.replication, model)
         table = compare(published, replicated)
-        parts += ["", markdown(model, published, replicated, table)]
+        tables[model] = (published["labels"], table)
+        sections += ["", markdown(model, published, replicated, table)]
+    largest = str(max(published["config"]["run"]["object_counts"]))
+    parts += ["", f"## Pointing game at {largest} objects and over all counts", ""]
+    parts += [summary(tables, largest), "## Per number of objects", *sections]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(parts))
     print(f"wrote {args.out}: {', '.join(models)}")

@@ -339,5 +339,7 @@ def test_replication_standard_errors_treat_scenes_as_clusters(tmp_path, monkeypa
     runpy.run_path(str(BENCHMARKS / "replication.py"), run_name="__main__")
     text = out.read_text()
     assert "published (20 scenes from seed 100)" in text
+    assert "## Pointing game at 2 objects and over all counts" in text
+    assert "| shapes-vit | LeGrad | 0.750 ± 0.083 | 0.250 ± " in text
     assert "| LeGrad | **1.000 ± 0.000 / 0.500 ± 0.167 (z -3.0)** |" in text
     assert "Beyond 2 standard errors: 3 of 6 figures: LeGrad, pointing game, 1;" in text
