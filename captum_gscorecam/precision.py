@@ -22,7 +22,8 @@ model's own precision. The ways (``PRECISIONS``):
   for transformer towers on the CPU; a CNN tower, whose work is in convolutions, is refused.
 
 ``"auto"`` (:func:`resolve_precision`) picks by the device's capabilities and the tower's
-kind from ``AUTO``; every pick is a measured one (``benchmarks/levers.py``).
+kind from ``AUTO``; the picks for CPUs with and without bf16 arithmetic are measured
+(``benchmarks/levers.py``), the others follow from what the hardware computes natively.
 """
 
 from __future__ import annotations
@@ -83,8 +84,10 @@ _FP16_CPU_FLAGS = frozenset({"avx512_fp16", "amx_fp16"})
 _INT8_CPU_FLAGS = frozenset({"avx512_vnni"})
 
 # What "auto" runs on each kind of device (device_kind) for a CNN tower and for a transformer
-# tower. Each entry is the fastest way measured on such a device whose maps stay within the
-# documented tolerance of float32; the measurements are in benchmarks/results/levers-cpu.md.
+# tower. cpu-bf16 and cpu-vnni hold the fastest way measured on such a CPU whose maps stay
+# within the documented tolerance of float32 (benchmarks/results/levers-cpu.md and
+# levers-cpu-no-bf16.md); the other rows are not measured: the exact path, or the format the
+# hardware computes natively.
 AUTO: dict[str, tuple[str, str]] = {
     "cpu-bf16": ("bf16", "bf16"),
     "cpu-vnni": ("fp32-fast", "int8"),
