@@ -54,7 +54,14 @@ Expected = Mapping[str, Sequence[tuple[str, str]]]
 
 
 def settings_digest(config: Mapping[str, object]) -> str:
-    """A short digest of a run's settings, stored on every result line."""
+    """A short digest of a run's settings, stored on every result line.
+
+    ``config["run"]["weights"]``, a description of the run's ``model`` and ``pretrained``
+    (which are digested), is left out, so folders written before it was recorded resume.
+    """
+    run = config.get("run")
+    if isinstance(run, Mapping) and "weights" in run:
+        config = {**config, "run": {k: v for k, v in run.items() if k != "weights"}}
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -590,3 +590,18 @@ def test_a_further_setting_is_recorded_described_and_binding(tmp_path):
     check_resumable(tmp_path, config)
     with pytest.raises(ValueError, match="other settings"):
         check_resumable(tmp_path, plain)
+
+
+def test_the_weights_description_does_not_bind_a_folder(tmp_path):
+    """``run.weights`` describes ``model`` and ``pretrained``: a folder from before it resumes."""
+    from captum_gscorecam.evaluation.store import append_record, check_resumable
+
+    run = {"model": "RN50", "pretrained": None}
+    before = runner.run_config(run, ["uniform"], 0.1, MetricParams())
+    now = runner.run_config(run | {"weights": "RANDOM WEIGHTS"}, ["uniform"], 0.1, MetricParams())
+    append_record(tmp_path / "results.jsonl", before, "1", [])
+    check_resumable(tmp_path, now)
+    other = runner.run_config(run | {"pretrained": "openai", "weights": "openai"}, ["uniform"],
+                              0.1, MetricParams())  # fmt: skip
+    with pytest.raises(ValueError, match="other settings"):
+        check_resumable(tmp_path, other)
