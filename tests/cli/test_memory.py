@@ -16,7 +16,8 @@ from PIL import Image
 from torchvision import transforms
 
 from captum_gscorecam.images import DISPLAY_MAX_PIXELS, display_size, for_display
-from captum_gscorecam.visualization import PhotoMaps, _axes, overlay, to_photo
+from captum_gscorecam.photo_geometry import _axes
+from captum_gscorecam.visualization import PhotoMaps, overlay, to_photo
 
 
 def grid_sample_reference(maps: np.ndarray, photo_size: tuple[int, int], preprocess) -> np.ndarray:
