@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from captum_gscorecam.cli.options import (
     count_arg,
     load_chosen_model,
     non_negative_arg,
+    say_provenance,
     usage_errors,
     wrapped,
 )
@@ -253,9 +253,7 @@ def _extract(args: argparse.Namespace, photos: list[Any], device: str) -> Any:
         layer=layer,
     )  # fmt: skip
     if rank_and_world()[0] == 0:  # what makes the maps, and why they may mean nothing
-        print(provenance.line())
-        for warning in provenance.warnings(shapes_scene=False):
-            print(f"gscorecam explain: {warning}", file=sys.stderr)
+        say_provenance(provenance, "explain", provenance.warnings(shapes_scene=False))
     config = extraction_config(
         {"model": name, "pretrained": pretrained, "no_crop": args.no_crop},
         args.method,

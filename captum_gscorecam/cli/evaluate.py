@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ from captum_gscorecam.cli.options import (
     folder_arg,
     non_negative_arg,
     output_errors,
+    say_provenance,
     template_arg,
     usage_errors,
     wrapped,
@@ -225,9 +225,7 @@ def _provenance(
     )  # fmt: skip
     warnings = made.warnings(shapes_scene=args.dataset == "shapes")
     if rank_and_world()[0] == 0:
-        print(made.line())
-        for warning in warnings:
-            print(f"gscorecam evaluate: {warning}", file=sys.stderr)
+        say_provenance(made, "evaluate", warnings)
     return {**made.as_dict(), "line": made.line(), "warnings": warnings}
 
 

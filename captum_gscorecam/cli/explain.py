@@ -23,6 +23,7 @@ from captum_gscorecam.cli.options import (
     output_errors,
     perturbations_arg,
     prompt_arg,
+    say_provenance,
     template_arg,
     usage_errors,
     wrapped,
@@ -243,10 +244,8 @@ def _explain_photos(
     if args.no_crop:
         preprocess = no_crop(preprocess)
     provenance = _provenance(args, paths[0], model, preprocess, layer)
-    print(provenance.line())
     meaningless = provenance.warnings(shapes_scene=False)
-    for warning in [*meaningless, *_slow(args, model)]:
-        print(f"gscorecam explain: {warning}", file=sys.stderr)
+    say_provenance(provenance, "explain", [*meaningless, *_slow(args, model)])
     text = encode_text(model, tokenizer, texts)[None]
     if args.save_maps is not None:
         write_json(args.save_maps / "prompts.json", args.prompt)

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from captum_gscorecam.checks import (
     PRECISIONS,
@@ -27,6 +28,9 @@ from captum_gscorecam.checks import (
     topk_from_text,
 )
 from captum_gscorecam.registry import SPECS
+
+if TYPE_CHECKING:
+    from captum_gscorecam.provenance import Provenance
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -50,6 +54,7 @@ __all__ = [
     "perturbations_arg",
     "port_arg",
     "prompt_arg",
+    "say_provenance",
     "template_arg",
     "topk_arg",
     "usage_errors",
@@ -92,6 +97,15 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         """Print ``prog: error: message`` (no usage block) and exit with status 2."""
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def say_provenance(provenance: Provenance, command: str, warnings: Sequence[str]) -> None:
+    """What makes the maps (``provenance.line()``) on stdout, then each warning on stderr as
+    ``gscorecam COMMAND: WARNING``: said once, before the work starts.
+    """
+    print(provenance.line())
+    for warning in warnings:
+        print(f"gscorecam {command}: {warning}", file=sys.stderr)
 
 
 def wrapped(text: str) -> str:
