@@ -23,6 +23,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from captum_gscorecam.evaluation.store import REPORT_FILES
+from captum_gscorecam.loading import describe_weights
 from captum_gscorecam.outputs import write_figure, write_text
 from captum_gscorecam.registry import SPECS
 from captum_gscorecam.tables import markdown_table
@@ -380,7 +381,8 @@ def write_count_chart(
     with ``by_count``), one line per method (one colour per method across panels, one legend),
     and for the pointing game its chance level (dotted).
 
-    Each panel is titled with its model and its scenes per count; the methods a run lists in
+    Each panel is titled with its model, where its weights come from, the precision of the
+    masked passes and its scenes per count; the methods a run lists in
     ``not_applicable`` are named under its panel.
 
     Raises:
@@ -417,8 +419,7 @@ def write_count_chart(
             )
         scenes = {round(next(iter(per.values()))["examples"] / int(n)) for n, per in counts.items()}
         per_count = f"{scenes.pop()} scenes per count" if len(scenes) == 1 else "scenes vary"
-        model = dict(run["config"]["run"]).get("model", "?")
-        ax.set_title(f"{model}: {per_count}", fontsize=9)
+        ax.set_title(f"{_made(run['config'])}, {per_count}", fontsize=9)
         ax.set_xticks(x)
         ax.set_xlabel("objects in the scene")
         ax.set_ylabel(titles[metric])
@@ -442,6 +443,16 @@ def write_count_chart(
     fig.suptitle(f"{titles[metric]} against the number of objects per scene", fontsize=10)
     fig.tight_layout(rect=(0, 0.05 + 0.035 * ((len(handles) + 3) // 4), 1, 1))
     write_figure(path, fig, dpi=100)
+
+
+def _made(config: Mapping[str, object]) -> str:
+    """A run's model and where its weights come from, then (second line) the precision of its
+    masked passes.
+    """
+    run = dict(config["run"])
+    model = str(run.get("model", "?"))
+    weights = run.get("weights") or describe_weights(model, run.get("pretrained"))
+    return f"{model} ({weights})\n{config.get('precision') or 'fp32'} masked passes"
 
 
 def _bars(

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from captum_gscorecam.cli.evaluate import _objects, _run_description
-from captum_gscorecam.evaluation import shapes_examples
+from captum_gscorecam.evaluation import report, shapes_examples
 from captum_gscorecam.evaluation.metrics import pointing_chance, pointing_game
 from captum_gscorecam.evaluation.report import (
     markdown,
@@ -185,11 +185,21 @@ def test_markdown_has_one_table_per_metric_with_counts_as_columns():
     assert "Pointing chance (a peak on a uniformly random pixel): 0.100." in lines
 
 
-def test_count_chart_draws_every_run(tmp_path):
+def test_count_chart_draws_every_run(tmp_path, monkeypatch):
     path = tmp_path / "counts.png"
     runs = [results_with_counts(), results_with_counts("shapes-rn", {"hilacam": "ViT only"})]
     write_count_chart(runs, path)
     assert path.read_bytes()[:4] == PNG_MAGIC
+    drawn = []
+    monkeypatch.setattr(report, "write_figure", lambda _, fig, **__: drawn.append(fig))
+    runs[1]["config"] = {**runs[1]["config"], "precision": "bf16"}
+    write_count_chart(runs, path)
+    titles = [ax.get_title() for ax in drawn[0].axes]
+    assert titles[0].splitlines() == [
+        "shapes-vit (shapes world: knows only coloured shapes)",
+        "fp32 masked passes, scenes vary",
+    ]
+    assert titles[1].splitlines()[1].startswith("bf16 masked passes")
     with pytest.raises(ValueError, match="by_count"):
         write_count_chart([{**runs[0], "by_count": {}}], path)
     with pytest.raises(ValueError, match="metric"):
