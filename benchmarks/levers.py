@@ -47,12 +47,12 @@ from torch import Tensor, nn
 
 from captum_gscorecam import GScoreCAM, ScoreCAM, default_layer
 from captum_gscorecam import precision as precision_module
-from captum_gscorecam.precision import resolve_precision
+from captum_gscorecam.engine import CALIBRATION_MASKS
+from captum_gscorecam.precision import ReducedTower, resolve_precision
 from captum_gscorecam.tower_copies import (
     CompiledTower,
     cast_copy,
     fold_batch_norms,
-    quantize_linears,
 )
 
 Way = Callable[[Tensor], Tensor]
@@ -80,9 +80,12 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def ways(tower: nn.Module, x: Tensor, compiled: bool) -> tuple[dict[str, Way], list[str]]:
-    """The ways to run the batch, as callables on it, and notes (compile times, refusals)."""
+def ways(model: nn.Module, x: Tensor, compiled: bool) -> tuple[dict[str, Way], list[str]]:
+    """The ways to run the batch through ``model``'s image tower, as callables on it, and
+    notes (compile times, refusals).
+    """
     notes: list[str] = []
+    tower = model.visual
     fast = fold_batch_norms(cast_copy(tower, torch.float32)).to(memory_format=torch.channels_last)
     copies = {
         dtype: cast_copy(tower, dtype).to(memory_format=torch.channels_last)
@@ -96,8 +99,9 @@ def ways(tower: nn.Module, x: Tensor, compiled: bool) -> tuple[dict[str, Way], l
         "fp16": lambda b: copies[torch.float16](channels_last(b.half())).float(),
     }
     try:
-        int8 = quantize_linears(cast_copy(tower, torch.float32), x[:1])
-        out["int8"] = lambda b: int8(channels_last(b))
+        int8 = ReducedTower(model, "int8", x[:1])
+        int8.calibrate(x[: 1 + CALIBRATION_MASKS])  # as many images as gScoreCAM calibrates on
+        out["int8"] = int8.embed_images
     except ValueError as error:
         notes.append(f"int8: refused ({error})")
     if compiled:
@@ -120,9 +124,8 @@ def ways(tower: nn.Module, x: Tensor, compiled: bool) -> tuple[dict[str, Way], l
 def tower_table(args: argparse.Namespace, name: str) -> list[str]:
     torch.manual_seed(0)
     model = open_clip.create_model(name, pretrained=None).eval().requires_grad_(False)
-    tower = model.visual
     x = masked_batch(args.batch, args.size)
-    runs, notes = ways(tower, x, not args.no_compile)
+    runs, notes = ways(model, x, not args.no_compile)
     baseline = next(iter(runs))
     cosines: dict[str, float] = {}
     times: dict[str, list[float]] = {key: [] for key in runs}

@@ -52,6 +52,9 @@ MINMAX_EPS = 1e-6
 # accelerators want large ones.
 CPU_CHUNK = 16
 ACCELERATOR_CHUNK = 64
+# Masked images per input image that calibrate a masked scorer's int8 activation ranges
+# (besides the image itself)
+CALIBRATION_MASKS = 3
 
 
 def default_chunk(device: torch.device) -> int:
@@ -235,6 +238,24 @@ def masked_scores(
     return out
 
 
+def calibration_images(
+    inputs: Tensor, activations: Tensor, selected: Tensor, align_corners: bool = False
+) -> Tensor:
+    """What a masked scorer that needs calibrating (an int8 copy's activation ranges) sees
+    first: each input image, and it masked by ``CALIBRATION_MASKS`` of the channels selected
+    for it ``(N, T, C)``, evenly spread over them in channel order.
+    """
+    size = (inputs.shape[2], inputs.shape[3])
+    batch = []
+    with torch.inference_mode():
+        for n in range(inputs.shape[0]):
+            channels = selected[n].any(dim=0).nonzero().squeeze(1)
+            spread = torch.linspace(0, channels.shape[0] - 1, CALIBRATION_MASKS).round().long()
+            masks = channel_masks(activations[n, channels[spread.unique()]], size, align_corners)
+            batch += [inputs[n : n + 1], inputs[n : n + 1] * masks.to(inputs.dtype)]
+        return torch.cat(batch)
+
+
 def score_cam(
     scorer: Scorer,
     layer: nn.Module,
@@ -272,6 +293,9 @@ def score_cam(
         top = importance.topk(resolve_topk(topk, c, tokens), dim=2).indices
         selected = torch.zeros_like(importance, dtype=torch.bool).scatter_(2, top, True)
     masked_scorer = masked_scorer or scorer
+    calibrate = getattr(masked_scorer, "calibrate", None)
+    if calibrate is not None:
+        calibrate(calibration_images(inputs, activations, selected, authors_code))
     if early_stop is not None and importance is not None:
         return _early_stopped(
             masked_scorer, inputs, activations, importance, selected, perturbations_per_eval,

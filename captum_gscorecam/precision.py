@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from captum_gscorecam.checks import PRECISIONS
 from captum_gscorecam.tower_copies import (
     CompiledTower,
+    Int8ConvTower,
     cast_copy,
     fold_batch_norms,
     int8_available,
@@ -90,7 +91,7 @@ _INT8_CPU_FLAGS = frozenset({"avx512_vnni"})
 # hardware computes natively.
 AUTO: dict[str, tuple[str, str]] = {
     "cpu-bf16": ("bf16", "bf16"),
-    "cpu-vnni": ("fp32-fast", "int8"),
+    "cpu-vnni": ("int8", "int8"),
     "cpu-avx2": ("fp32-fast", "fp32"),
     "cpu": ("fp32", "fp32"),
     "cuda-bf16": ("bf16", "bf16"),
@@ -275,8 +276,8 @@ class ReducedTower:
         self.precision = precision
         self.dtype = _DTYPES[precision]
         self.fingerprint = weights_fingerprint(tower)
-        self.tower = _copy(tower, precision, probe)
-        self.nbytes = _nbytes(getattr(self.tower, "eager", self.tower))
+        self.tower = _copy(tower, precision, probe, token_blocks(model) is not None)
+        self.nbytes = sum(map(_nbytes, _modules(self.tower)))
         self.build_seconds = time.perf_counter() - start
         logger.debug(
             "image tower copy for %s: %.1f MiB, made in %.2f s",
@@ -299,31 +300,58 @@ class ReducedTower:
             and torch.equal(sums, copied_sums)
         )
 
+    def calibrate(self, images: Tensor) -> None:
+        """Set the int8 activation ranges of a CNN tower's copy to those ``images`` reach
+        (masked images of the call about to be scored); nothing for the other copies.
+        """
+        if isinstance(self.tower, Int8ConvTower):
+            self.tower.calibrate(self._cast(images))
+
     def embed_images(self, images: Tensor) -> Tensor:
         """L2-normalised float32 image embeddings ``(N, D)`` from the copy."""
+        return F.normalize(self.tower(self._cast(images)).float(), dim=-1)
+
+    def _cast(self, images: Tensor) -> Tensor:
         if self.dtype in (torch.bfloat16, torch.float16):
             images = images.to(self.dtype)
         else:
             images = images.float()
         if images.device.type == "cpu":
             images = images.contiguous(memory_format=torch.channels_last)
-        return F.normalize(self.tower(images).float(), dim=-1)
+        return images
 
 
-def _copy(tower: nn.Module, precision: str, probe: Tensor) -> nn.Module | CompiledTower:
+def _copy(
+    tower: nn.Module, precision: str, probe: Tensor, transformer: bool
+) -> nn.Module | CompiledTower | Int8ConvTower:
     device = next(chain(tower.parameters(), tower.buffers())).device
     if precision == "int8":
         if device.type != "cpu":
             raise ValueError(
                 f"precision: 'int8' runs on the CPU, and the model is on {device}; use 'auto'"
             )
-        return quantize_linears(cast_copy(tower, torch.float32), probe.float())
+        if transformer:
+            return quantize_linears(cast_copy(tower, torch.float32), probe.float())
+        return Int8ConvTower(
+            cast_copy(tower, torch.float32),
+            probe.float().contiguous(memory_format=torch.channels_last),
+            reduce_range=not cpu_flags() >= _INT8_CPU_FLAGS,
+        )
     copy = cast_copy(tower, _DTYPES[precision])
     if precision in ("fp32-fast", "fp32-compiled"):
         copy = fold_batch_norms(copy)
     if device.type == "cpu":
         copy = copy.to(memory_format=torch.channels_last)
     return CompiledTower(copy) if precision == "fp32-compiled" else copy
+
+
+def _modules(copy: nn.Module | CompiledTower | Int8ConvTower) -> list[nn.Module]:
+    """The modules holding a copy's tensors."""
+    if isinstance(copy, CompiledTower):
+        return [copy.eager]
+    if isinstance(copy, Int8ConvTower):
+        return [copy.observed, copy.quantized]
+    return [copy]
 
 
 def _nbytes(tower: nn.Module) -> int:

@@ -82,6 +82,10 @@ class ReducedTextScorer:
         self.similarity = scorer.similarity
         self.text = scorer.text
 
+    def calibrate(self, images: Tensor) -> None:
+        """Calibrate the copy (its int8 activation ranges) on masked images of this call."""
+        self.tower.calibrate(images)
+
     def __call__(self, images: Tensor, image_index: Tensor) -> Tensor:
         """Scores ``(B, T)`` of ``images`` against their input images' prompts."""
         embeddings = self.tower.embed_images(images)

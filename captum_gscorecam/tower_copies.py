@@ -9,6 +9,10 @@
   with dynamically quantised activations (``torch.ao.quantization.quantize_dynamic``); layers
   whose weights the tower reads directly (open_clip's ResNet attention pool,
   ``nn.MultiheadAttention``'s projections) stay float32;
+- :class:`Int8ConvTower`: a CNN tower's convolutions, and the additions, ReLUs and poolings
+  between them, in int8 (``torch.ao.quantization``'s FX graph mode, x86 engine), activation
+  ranges calibrated on images the caller gives; modules that read their weights directly
+  stay float32;
 - :class:`CompiledTower`: ``torch.compile`` of a copy, compiled once per batch size, smaller
   batches padded up to a compiled size; a failure to compile falls back to the eager copy;
 - :func:`weights_fingerprint`: a checksum of every parameter and buffer, which sees writes
@@ -27,6 +31,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 __all__ = [
     "CompiledTower",
+    "Int8ConvTower",
     "cast_copy",
     "fold_batch_norms",
     "int8_available",
@@ -149,6 +154,86 @@ def quantize_linears(tower: nn.Module, probe: Tensor) -> nn.Module:
         return quantize_dynamic(
             tower, dict.fromkeys(called, default_dynamic_qconfig), dtype=torch.qint8, inplace=True
         )
+
+
+class Int8ConvTower:
+    """A CNN tower copy (float32, on the CPU) computing in int8 with static quantisation.
+
+    Weights are quantised per output channel (symmetric), activations per tensor (asymmetric,
+    ``quint8``) with the ranges (min and max) that the images given to :meth:`calibrate` reach
+    at each layer: ``q = clamp(round(x / scale) + zero_point, 0, 255)``, ``scale = (max - min)
+    / 255`` (127 with ``reduce_range``, which CPUs without VNNI need: their int8 kernels sum
+    pairs of products in 16 bits). BatchNorms are folded into their convolutions and each
+    ReLU fused into the one before it. A module whose forward pass reads its own weights
+    (open_clip's ResNet attention pool) is not quantised. The copy is calibrated on ``probe``
+    when made.
+
+    Raises:
+        ValueError: ``torch.fx`` cannot trace the tower, or this torch has no int8
+            quantisation.
+    """
+
+    def __init__(self, tower: nn.Module, probe: Tensor, reduce_range: bool = False) -> None:
+        if not int8_available():
+            raise ValueError(
+                "precision: 'int8' needs torch.ao.quantization and a quantized engine, which "
+                f"torch {torch.__version__} lacks here; use 'fp32-fast' or 'bf16'"
+            )
+        from torch.ao.quantization import QConfig, get_default_qconfig_mapping
+        from torch.ao.quantization.observer import MinMaxObserver, PerChannelMinMaxObserver
+        from torch.ao.quantization.quantize_fx import prepare_fx
+
+        try:
+            traced = fx.symbolic_trace(tower)
+        except Exception as error:  # any tracing failure: say so by name
+            raise ValueError(
+                f"precision: 'int8' on a CNN tower needs torch.fx to trace it, and "
+                f"{type(tower).__name__} does not trace ({type(error).__name__}); use "
+                "'fp32-fast' or 'bf16'"
+            ) from error
+        observers = QConfig(
+            activation=MinMaxObserver.with_args(dtype=torch.quint8, reduce_range=reduce_range),
+            weight=PerChannelMinMaxObserver.with_args(
+                dtype=torch.qint8, qscheme=torch.per_channel_symmetric
+            ),
+        )
+        mapping = get_default_qconfig_mapping("x86").set_global(observers)
+        for name in _weight_readers(traced):
+            mapping.set_module_name(name, None)
+        with warnings.catch_warnings():  # torch's deprecation notices are not the caller's
+            warnings.simplefilter("ignore")
+            self.observed = prepare_fx(tower.eval(), mapping, example_inputs=(probe,))
+        self.quantized: nn.Module = self.calibrate(probe)
+
+    def calibrate(self, images: Tensor) -> nn.Module:
+        """Quantise the activations with the ranges that ``images`` reach (replacing the
+        last calibration) and return the int8 tower.
+        """
+        from torch.ao.quantization.quantize_fx import convert_fx
+
+        observed = copy.deepcopy(self.observed)  # fresh observers: the ranges of these images
+        with torch.no_grad():
+            observed(images)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.quantized = convert_fx(observed)
+        return self.quantized
+
+    def __call__(self, images: Tensor) -> Tensor:
+        """The int8 tower's float32 output for ``images`` ``(B, ...)``."""
+        return self.quantized(images)
+
+
+def _weight_readers(traced: fx.GraphModule) -> set[str]:
+    """Names of the modules whose forward pass reads a parameter or buffer itself (a
+    ``get_attr`` node in their scope) rather than calling a module that owns it.
+    """
+    readers = set()
+    for node in traced.graph.nodes:
+        stack = node.meta.get("nn_module_stack") if node.op == "get_attr" else None
+        if stack:
+            readers.add(next(reversed(stack.values()))[0])
+    return readers
 
 
 class CompiledTower:

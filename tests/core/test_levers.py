@@ -1,6 +1,6 @@
-"""The tower copies behind ``precision=`` beyond bf16 / fp16 (fp32-fast, fp32-compiled, int8),
-what ``auto`` picks per device, the warning for a precision slower than fp32, and copies
-remade whenever the weights change (also through ``.data``).
+"""The tower copies behind ``precision=`` beyond bf16 / fp16 (fp32-fast, fp32-compiled, int8 on
+transformer and CNN towers), what ``auto`` picks per device, the warning for a precision slower
+than fp32, and copies remade whenever the weights change (also through ``.data``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import fx, nn
 
-from captum_gscorecam import GScoreCAM, ScoreCAM, default_layer, tower_copies
+from captum_gscorecam import GScoreCAM, ScoreCAM, default_layer, engine, tower_copies
 from captum_gscorecam import precision as precision_module
 from captum_gscorecam.precision import (
     AUTO,
@@ -37,9 +37,10 @@ from tests.tower_models import TOWERS, images
 BUILDERS = {"rn": tiny_rn, "vit": tiny_vit}
 # Largest |map - fp32 map| / max|A| (which bounds the L1 change of the channel weights, as in
 # test_precision): fp32-fast differs from fp32 by float rounding only; int8 by its quantised
-# Linear layers, held to bf16's bound (measured on these towers: int8 <= 0.0025, bf16 <= 0.0022).
+# Linear layers (ViT) or convolutions (ResNet), held to bf16's bound (measured on these towers:
+# int8 <= 0.0025 on the ViT, <= 0.0019 on the ResNet; bf16 <= 0.0022).
 TOLERANCE = {"fp32-fast": 1e-4, "int8": 0.02}
-LEVERS = [("rn", "fp32-fast"), ("vit", "fp32-fast"), ("vit", "int8")]
+LEVERS = [("rn", "fp32-fast"), ("vit", "fp32-fast"), ("vit", "int8"), ("rn", "int8")]
 
 
 def with_batch_norm_statistics(model: nn.Module, seed: int) -> nn.Module:
@@ -126,14 +127,118 @@ def test_int8_on_every_transformer_tower(name, model_state):
     assert not any(m._forward_hooks for m in cam.reduced_tower.tower.modules())
 
 
-def test_int8_leaves_the_linear_layers_a_tower_reads_directly():
-    """open_clip's ResNet attention pool reads q_proj.weight and .bias itself; quantising those
-    layers would break it. A ResNet tower calls no Linear layer: int8 is refused by name."""
+def is_int8_conv(module: nn.Module) -> bool:
+    kind = type(module)
+    return kind.__module__.startswith("torch.ao.nn.") and "Conv" in kind.__name__
+
+
+def test_int8_on_a_resnet_quantises_its_convolutions_and_leaves_the_attention_pool():
+    """open_clip's ResNet attention pool reads q_proj.weight and .bias itself (and adds its
+    positional embedding): it stays float32; every convolution computes in int8."""
     model = tiny_rn()
     cam = GScoreCAM(model, default_layer(model))
-    with pytest.raises(ValueError, match="precision: 'int8' quantises the Linear layers"):
-        cam.attribute(images_for(model, 1), target=texts(1, 1), topk=2, precision="int8")
-    assert cam.reduced_tower is None
+    cam.attribute(images_for(model, 1), target=texts(1, 1), topk=2, precision="int8")
+    copy = cam.reduced_tower.tower
+    assert isinstance(copy, tower_copies.Int8ConvTower)
+    convs = [m for m in model.visual.modules() if isinstance(m, nn.Conv2d)]
+    quantized = [m for m in copy.quantized.modules() if is_int8_conv(m)]
+    assert len(quantized) == len(convs)
+    assert not any(isinstance(m, nn.Conv2d) for m in copy.quantized.modules())
+    pool = model.visual.attnpool
+    for name, tensor in copy.quantized.get_submodule("attnpool").named_parameters():
+        assert torch.equal(tensor, pool.get_parameter(name)), name  # float32, as they were
+    graph = copy.quantized.graph
+    (embedding,) = [n for n in graph.nodes if n.target == "attnpool.positional_embedding"]
+    downstream, frontier = set(), [embedding]
+    while frontier:
+        node = frontier.pop()
+        for user in node.users:
+            if user not in downstream:
+                downstream.add(user)
+                frontier.append(user)
+    assert downstream  # the pool's input and everything after it is never requantised
+    assert not any(n.target is torch.quantize_per_tensor for n in downstream)
+    assert cam.reduced_tower.nbytes > sum(p.numel() * 4 for p in model.visual.parameters())
+
+
+def test_int8_on_a_resnet_takes_its_activation_ranges_from_each_call():
+    """The ranges come from the images of the call (each image and three of its masks), so a
+    map does not depend on what the same object explained before."""
+    model = tiny_rn(2)
+    cam = GScoreCAM(model, default_layer(model))
+    x = images_for(model, 2, seed=5)
+    dim = x * 0.2  # the same content in a fifth of the range
+    text = texts(1, 2)
+
+    def run(images):
+        """The maps, and the scale of the int8 images the copy's first convolution reads."""
+        maps = cam.attribute(images, target=text, topk=4, precision="int8")
+        quantized = cam.reduced_tower.tower.quantized
+        first = next(n for n in quantized.graph.nodes if n.target is torch.quantize_per_tensor)
+        return maps, float(getattr(quantized, first.args[1].target))
+
+    first, scale = run(x[:1])
+    _, dim_scale = run(dim[:1])
+    assert dim_scale == pytest.approx(0.2 * scale, rel=1e-3)
+    run(x[1:])
+    again, _ = run(x[:1])
+    assert torch.equal(again, first)
+    exact = cam.attribute(x[:1], target=text, topk=4)
+    assert float(((first - exact).abs() / activation_scale(model, x[:1])).max()) <= 0.02
+
+
+def test_int8_on_a_cnn_tower_that_fx_cannot_trace_is_refused_by_name():
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x).mean((2, 3)) if x.sum() > 0 else x.mean((2, 3))
+
+    with pytest.raises(ValueError, match=r"precision: 'int8' on a CNN tower needs torch\.fx"):
+        tower_copies.Int8ConvTower(Branchy().eval(), torch.randn(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize(("flags", "levels"), [({"avx512_vnni"}, 255), (set(), 127)])
+def test_int8_activations_use_seven_bits_on_cpus_without_vnni(monkeypatch, flags, levels):
+    """Without VNNI the int8 kernels add pairs of products in 16 bits, which 8-bit activations
+    can overflow."""
+    monkeypatch.setattr(precision_module, "cpu_flags", lambda: frozenset(flags))
+    model = tiny_rn()
+    cam = GScoreCAM(model, default_layer(model))
+    cam.attribute(images_for(model, 1), target=texts(1, 1), topk=2, precision="int8")
+    observers = [
+        m
+        for m in cam.reduced_tower.tower.observed.modules()
+        if type(m).__name__ == "MinMaxObserver"
+    ]
+    assert observers
+    assert {m.quant_max - m.quant_min for m in observers} == {levels}
+
+
+def test_the_calibration_images_are_each_image_and_three_of_its_masks():
+    torch.manual_seed(0)
+    inputs = torch.randn(2, 3, 8, 8)
+    activations = torch.rand(2, 6, 2, 2)
+    selected = torch.zeros(2, 2, 6, dtype=torch.bool)
+    selected[0, 0, [0, 2, 3]] = True
+    selected[0, 1, [5]] = True  # the union over prompts: 0, 2, 3, 5
+    selected[1, 1, [4]] = True  # one channel: no repeats
+    images = engine.calibration_images(inputs, activations, selected)
+    size = (8, 8)
+    expected = [
+        inputs[:1],
+        inputs[:1] * engine.channel_masks(activations[0, [0, 3, 5]], size),
+        inputs[1:],
+        inputs[1:] * engine.channel_masks(activations[1, [4]], size),
+    ]
+    assert torch.equal(images, torch.cat(expected))
+
+
+def test_int8_leaves_the_linear_layers_a_transformer_tower_reads_directly():
+    """Layers whose weights a tower reads itself (as open_clip's ResNet attention pool does)
+    stay float32: quantising them would break the reader."""
 
     class Pool(nn.Module):  # calls one Linear, reads the other's weights as the pool does
         def __init__(self) -> None:
@@ -368,9 +473,10 @@ def test_the_table_names_only_real_precisions():
     assert {name for pair in AUTO.values() for name in pair} <= set(PRECISIONS) - {"auto"}
 
 
-def test_auto_runs_what_it_resolves_to(monkeypatch):
-    kinds(monkeypatch, {"avx512f", "avx512_vnni"})  # no bf16: int8 for a transformer tower
-    model = tiny_vit()
+@pytest.mark.parametrize("build", [tiny_vit, tiny_rn])
+def test_auto_runs_what_it_resolves_to(monkeypatch, build):
+    kinds(monkeypatch, {"avx512f", "avx512_vnni"})  # no bf16: int8 on either tower
+    model = build()
     x = images_for(model, 1)
     cam = GScoreCAM(model, default_layer(model))
     auto = cam.attribute(x, target=texts(1, 1), topk=3, precision="auto")
@@ -404,7 +510,7 @@ def test_a_precision_slower_than_fp32_here_warns_once_per_call_site(monkeypatch,
     assert "precision='bf16' runs the masked passes slower than 'fp32' here" in messages[0]
     assert "no bf16 arithmetic" in messages[0]
     assert "2-4.5x the time of fp32 where measured" in messages[0]  # the ratio class
-    assert "precision='auto' picks 'fp32-fast'" in messages[0]
+    assert "precision='auto' picks 'int8'" in messages[0]
     assert "precision='fp16'" in messages[1]
     assert "4-5x the time of fp32" in messages[1]
     assert all(w.filename == __file__ for w in caught)  # the caller's line, not ours
