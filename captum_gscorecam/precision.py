@@ -17,9 +17,13 @@ model's own precision. The ways (``PRECISIONS``):
 - ``"bf16"`` / ``"fp16"``: a copy cast to that dtype (channels-last on CPU): fast where the
   hardware computes in it (CPUs with AVX512-BF16 or AMX, CUDA GPUs), slower than float32 where
   it is emulated (a warning says so).
-- ``"int8"``: a float32 copy whose Linear layers (those the tower calls as modules) compute
-  in int8 with dynamically quantised activations: fast on CPUs with int8 dot products (VNNI);
-  for transformer towers on the CPU; a CNN tower, whose work is in convolutions, is refused.
+- ``"int8"``: on the CPU, fast where it has int8 dot products (VNNI). A transformer tower: a
+  float32 copy whose Linear layers (those the tower calls as modules) compute in int8 with
+  activations quantised per batch. A CNN tower: its convolutions (and the additions, ReLUs and
+  poolings between them) in int8 with activation ranges calibrated at each call on that
+  call's images, each image and three of its masked versions
+  (:func:`~captum_gscorecam.engine.calibration_images`), so a map never depends on what was
+  explained before.
 
 ``"auto"`` (:func:`resolve_precision`) picks by the device's capabilities and the tower's
 kind from ``AUTO``; the picks for CPUs with and without bf16 arithmetic are measured

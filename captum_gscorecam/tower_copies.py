@@ -145,9 +145,8 @@ def quantize_linears(tower: nn.Module, probe: Tensor) -> nn.Module:
             handle.remove()
     if not called:
         raise ValueError(
-            f"precision: 'int8' quantises the Linear layers of a tower, and this one "
-            f"({type(tower).__name__}) calls none (its work is in convolutions); use "
-            "'fp32-fast' or 'bf16'"
+            f"precision: 'int8' quantises the Linear layers of a transformer tower, and this "
+            f"one ({type(tower).__name__}) calls none as a module; use 'fp32-fast' or 'bf16'"
         )
     with warnings.catch_warnings():  # torch's deprecation notices are not the caller's to act on
         warnings.simplefilter("ignore")
