@@ -187,6 +187,24 @@ def test_int8_on_a_resnet_takes_its_activation_ranges_from_each_call():
     assert float(((first - exact).abs() / activation_scale(model, x[:1])).max()) <= 0.02
 
 
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_int8_on_a_resnet_calibrates_the_same_inside_no_grad_and_inference_mode(context):
+    """The copy is made and recalibrated inside the caller's context on the first call and
+    outside it on the next ones (and the other way round)."""
+    model = tiny_rn(4)
+    x, text = images_for(model, 2, seed=4), texts(2, 2, seed=5)
+    inside_first = GScoreCAM(model, default_layer(model))
+    outside_first = GScoreCAM(model, default_layer(model))
+    with context():
+        made_inside = inside_first.attribute(x.clone(), target=text, topk=3, precision="int8")
+    outside = outside_first.attribute(x, target=text, topk=3, precision="int8")
+    with context():
+        again_inside = outside_first.attribute(x.clone(), target=text, topk=3, precision="int8")
+    again_outside = inside_first.attribute(x, target=text, topk=3, precision="int8")
+    for maps in (made_inside, again_inside, again_outside):
+        torch.testing.assert_close(maps, outside, atol=0, rtol=0)
+
+
 def test_int8_on_a_cnn_tower_that_fx_cannot_trace_is_refused_by_name():
     class Branchy(nn.Module):
         def __init__(self) -> None:
