@@ -50,6 +50,7 @@ from captum_gscorecam.tower_copies import (
     cast_copy,
     fold_batch_norms,
     int8_available,
+    pool_class_token,
     quantize_linears,
     weights_fingerprint,
 )
@@ -337,11 +338,11 @@ def _copy(
         if transformer:
             return quantize_linears(cast_copy(tower, torch.float32), probe.float())
         return Int8ConvTower(
-            cast_copy(tower, torch.float32),
+            pool_class_token(cast_copy(tower, torch.float32)),
             probe.float().contiguous(memory_format=torch.channels_last),
             reduce_range=not cpu_flags() >= _INT8_CPU_FLAGS,
         )
-    copy = cast_copy(tower, _DTYPES[precision])
+    copy = pool_class_token(cast_copy(tower, _DTYPES[precision]))
     if precision in ("fp32-fast", "fp32-compiled"):
         copy = fold_batch_norms(copy)
     if device.type == "cpu":

@@ -1,6 +1,10 @@
 """How each precision's copy of an image tower is made, and how a copy knows it is stale.
 
 - :func:`cast_copy`: every floating tensor cast into the copy (bf16, fp16, or a float32 copy);
+- :func:`pool_class_token`: open_clip's ResNet attention pool replaced by
+  :class:`ClassTokenPool`, which computes only the token the pool returns (the same function up
+  to float rounding, its query and output projections on one token instead of ``h * w + 1``)
+  and calls its projections as modules;
 - :func:`fold_batch_norms`: each BatchNorm that only reads a convolution's output folded into
   that convolution's weights (``torch.nn.utils.fusion.fuse_conv_bn_eval``), through the
   ``torch.fx`` graph of the tower: same function up to float rounding, one pass less over
@@ -11,8 +15,8 @@
   ``nn.MultiheadAttention``'s projections) stay float32;
 - :class:`Int8ConvTower`: a CNN tower's convolutions, and the additions, ReLUs and poolings
   between them, in int8 (``torch.ao.quantization``'s FX graph mode, x86 engine), activation
-  ranges calibrated on images the caller gives; modules that read their weights directly
-  stay float32;
+  ranges calibrated on images the caller gives; the Linear layers of modules that read their
+  own weights (the class-token pool) in int8 with activations quantised per batch;
 - :class:`CompiledTower`: ``torch.compile`` of a copy, compiled once per batch size, smaller
   batches padded up to a compiled size; a failure to compile falls back to the eager copy;
 - :func:`weights_fingerprint`: a checksum of every parameter and buffer, which sees writes
@@ -26,15 +30,18 @@ import warnings
 from itertools import chain
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 __all__ = [
+    "ClassTokenPool",
     "CompiledTower",
     "Int8ConvTower",
     "cast_copy",
     "fold_batch_norms",
     "int8_available",
+    "pool_class_token",
     "quantize_linears",
     "weights_fingerprint",
 ]
@@ -57,6 +64,52 @@ def cast_copy(tower: nn.Module, dtype: torch.dtype) -> nn.Module:
             buffer.to(dtype, copy=True) if buffer.is_floating_point() else buffer.clone()
         )
     return copy.deepcopy(tower, memo).eval()
+
+
+class ClassTokenPool(nn.Module):
+    """open_clip's ResNet attention pool (``AttentionPool2d``) computing only what it returns.
+
+    The pool attends over the tokens ``z = [mean(x), x_1 .. x_hw] + positional embedding`` with
+    every token as a query and returns the first token's output; here only that query is
+    made: ``out = c_proj(attention(q_proj(z_0), k_proj(z), v_proj(z)))``, heads as in
+    ``nn.MultiheadAttention`` (scores scaled by ``1 / sqrt(head dim)``). It shares the pool's
+    parameters and calls its projections as modules.
+    """
+
+    def __init__(self, pool: nn.Module) -> None:
+        super().__init__()
+        self.positional_embedding = pool.positional_embedding
+        self.q_proj, self.k_proj, self.v_proj = pool.q_proj, pool.k_proj, pool.v_proj
+        self.c_proj = pool.c_proj
+        self.num_heads: int = pool.num_heads
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Pooled features ``(N, D)`` of a feature map ``(N, C, h, w)``."""
+        n, c = x.shape[0], x.shape[1]
+        tokens = x.flatten(2).transpose(1, 2)  # (N, hw, C)
+        tokens = torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
+        tokens = tokens + self.positional_embedding.to(x.dtype)
+        heads = self.num_heads
+        query = self.q_proj(tokens[:, :1]).reshape(n, 1, heads, c // heads).transpose(1, 2)
+        key = self.k_proj(tokens).reshape(n, -1, heads, c // heads).transpose(1, 2)
+        value = self.v_proj(tokens).reshape(n, -1, heads, c // heads).transpose(1, 2)
+        out = F.scaled_dot_product_attention(query, key, value)  # (N, heads, 1, C / heads)
+        return self.c_proj(out.transpose(1, 2).reshape(n, c))
+
+
+def pool_class_token(tower: nn.Module) -> nn.Module:
+    """``tower`` (a copy) with each open_clip ``AttentionPool2d`` replaced by a
+    :class:`ClassTokenPool` on the same parameters.
+    """
+    for name, module in list(tower.named_modules()):
+        if type(module).__name__ == "AttentionPool2d" and type(module).__module__.startswith(
+            "open_clip"
+        ):
+            if name:
+                _replace(tower, name, ClassTokenPool(module))
+            else:
+                return ClassTokenPool(module)
+    return tower
 
 
 def fold_batch_norms(tower: nn.Module) -> nn.Module:
@@ -208,6 +261,7 @@ class Int8ConvTower:
         """Quantise the activations with the ranges that ``images`` reach (replacing the
         last calibration) and return the int8 tower.
         """
+        from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
         from torch.ao.quantization.quantize_fx import convert_fx
 
         observed = copy.deepcopy(self.observed)  # fresh observers: the ranges of these images
@@ -215,7 +269,16 @@ class Int8ConvTower:
             observed(images)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self.quantized = convert_fx(observed)
+            quantized = convert_fx(observed)
+            linears = {
+                node.target
+                for node in quantized.graph.nodes
+                if node.op == "call_module"
+                and type(quantized.get_submodule(node.target)) is nn.Linear
+            }  # left float by the static pass: the pool's projections
+            self.quantized = quantize_dynamic(
+                quantized, dict.fromkeys(linears, default_dynamic_qconfig), inplace=True
+            )
         return self.quantized
 
     def __call__(self, images: Tensor) -> Tensor:

@@ -9,8 +9,10 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from open_clip.modified_resnet import AttentionPool2d
 from torch import fx, nn
 
 from captum_gscorecam import GScoreCAM, ScoreCAM, default_layer, engine, tower_copies
@@ -132,9 +134,9 @@ def is_int8_conv(module: nn.Module) -> bool:
     return kind.__module__.startswith("torch.ao.nn.") and "Conv" in kind.__name__
 
 
-def test_int8_on_a_resnet_quantises_its_convolutions_and_leaves_the_attention_pool():
-    """open_clip's ResNet attention pool reads q_proj.weight and .bias itself (and adds its
-    positional embedding): it stays float32; every convolution computes in int8."""
+def test_int8_on_a_resnet_quantises_its_convolutions_and_the_pool_s_projections():
+    """Every convolution computes in int8 with calibrated ranges; the class-token pool adds its
+    positional embedding in float32, and its projections quantise their inputs per batch."""
     model = tiny_rn()
     cam = GScoreCAM(model, default_layer(model))
     cam.attribute(images_for(model, 1), target=texts(1, 1), topk=2, precision="int8")
@@ -144,9 +146,9 @@ def test_int8_on_a_resnet_quantises_its_convolutions_and_leaves_the_attention_po
     quantized = [m for m in copy.quantized.modules() if is_int8_conv(m)]
     assert len(quantized) == len(convs)
     assert not any(isinstance(m, nn.Conv2d) for m in copy.quantized.modules())
-    pool = model.visual.attnpool
-    for name, tensor in copy.quantized.get_submodule("attnpool").named_parameters():
-        assert torch.equal(tensor, pool.get_parameter(name)), name  # float32, as they were
+    pool = copy.quantized.get_submodule("attnpool")  # the class-token pool, traced
+    assert torch.equal(pool.positional_embedding, model.visual.attnpool.positional_embedding)
+    assert all(is_int8_linear(m) for m in (pool.q_proj, pool.k_proj, pool.v_proj, pool.c_proj))
     graph = copy.quantized.graph
     (embedding,) = [n for n in graph.nodes if n.target == "attnpool.positional_embedding"]
     downstream, frontier = set(), [embedding]
@@ -159,6 +161,43 @@ def test_int8_on_a_resnet_quantises_its_convolutions_and_leaves_the_attention_po
     assert downstream  # the pool's input and everything after it is never requantised
     assert not any(n.target is torch.quantize_per_tensor for n in downstream)
     assert cam.reduced_tower.nbytes > sum(p.numel() * 4 for p in model.visual.parameters())
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    n=st.integers(1, 3),
+    heads=st.sampled_from([1, 2, 4]),
+    width=st.sampled_from([4, 8]),
+    side=st.integers(1, 4),
+    out=st.sampled_from([None, 6]),
+    seed=st.integers(0, 1000),
+)
+def test_the_class_token_pool_is_open_clip_s_attention_pool(n, heads, width, side, out, seed):
+    """Only the first token's query and output are made; the result is the same up to float
+    rounding, for any batch, head count, width and grid."""
+    torch.manual_seed(seed)
+    pool = AttentionPool2d(side, heads * width, heads, out).eval()
+    x = torch.randn(n, heads * width, side, side)
+    with torch.no_grad():
+        expected = pool(x)
+        got = tower_copies.ClassTokenPool(pool)(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_every_copy_of_a_resnet_tower_pools_the_class_token_only(rn):
+    before = {name: type(m) for name, m in rn.named_modules()}
+    for precision in ("fp32-fast", "bf16", "int8"):
+        cam = GScoreCAM(rn, default_layer(rn))
+        cam.attribute(images_for(rn, 1), target=texts(1, 1), topk=2, precision=precision)
+        copy = cam.reduced_tower.tower
+        copy = copy.quantized if precision == "int8" else copy
+        if isinstance(copy, fx.GraphModule):  # traced: its graph calls the class-token pool's ops
+            targets = {node.target for node in copy.graph.nodes}
+            assert F.scaled_dot_product_attention in targets
+            assert F.multi_head_attention_forward not in targets
+        else:
+            assert isinstance(copy.get_submodule("attnpool"), tower_copies.ClassTokenPool)
+    assert {name: type(m) for name, m in rn.named_modules()} == before  # the model's own
 
 
 def test_int8_on_a_resnet_takes_its_activation_ranges_from_each_call():
