@@ -8,9 +8,10 @@ random maps, as the masked passes make them) through the image tower of each mod
 
 - fp32, the exact path: the model's own tower, the images channels-last on the CPU
   (``CLIPSimilarity.embed_images``), the baseline of every ratio; and with NCHW images;
-- each tower copy behind ``precision=`` (``captum_gscorecam.tower_copies`` builds them as
-  ``ReducedTower`` does): ``fp32-fast`` (BatchNorms folded, channels-last), ``fp32-compiled``
-  (that copy compiled; its compile time reported apart), ``bf16``, ``fp16``, ``int8``.
+- each tower copy behind ``precision=``, the ``ReducedTower`` that ``attribute`` makes:
+  ``fp32-fast`` (BatchNorms folded, channels-last), ``fp32-compiled`` (that copy compiled; its
+  compile time reported apart), ``bf16``, ``fp16``, ``int8`` (a CNN's copy calibrated on
+  ``1 + CALIBRATION_MASKS`` images of the batch, as gScoreCAM's calls calibrate it).
 
 CPU time of the process, interleaved rounds, median per way; the ratio to the exact path; the
 smallest cosine between a way's embeddings and the exact path's over the batch.
@@ -49,11 +50,6 @@ from captum_gscorecam import GScoreCAM, ScoreCAM, default_layer
 from captum_gscorecam import precision as precision_module
 from captum_gscorecam.engine import CALIBRATION_MASKS
 from captum_gscorecam.precision import ReducedTower, resolve_precision
-from captum_gscorecam.tower_copies import (
-    CompiledTower,
-    cast_copy,
-    fold_batch_norms,
-)
 
 Way = Callable[[Tensor], Tensor]
 LIMITS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
@@ -82,42 +78,37 @@ def children_cpu() -> float:
 
 def ways(model: nn.Module, x: Tensor, compiled: bool) -> tuple[dict[str, Way], list[str]]:
     """The ways to run the batch through ``model``'s image tower, as callables on it, and
-    notes (compile times, refusals).
+    notes (compile times, refusals). Each precision runs on the copy ``attribute`` makes
+    (``ReducedTower``); int8's copy calibrated on as many images as gScoreCAM's calls are.
     """
     notes: list[str] = []
     tower = model.visual
-    fast = fold_batch_norms(cast_copy(tower, torch.float32)).to(memory_format=torch.channels_last)
-    copies = {
-        dtype: cast_copy(tower, dtype).to(memory_format=torch.channels_last)
-        for dtype in (torch.bfloat16, torch.float16)
-    }
     out: dict[str, Way] = {
         "fp32, exact path (channels-last images)": lambda b: tower(channels_last(b)),
         "fp32, NCHW images": tower,
-        "fp32-fast": lambda b: fast(channels_last(b)),
-        "bf16": lambda b: copies[torch.bfloat16](channels_last(b.bfloat16())).float(),
-        "fp16": lambda b: copies[torch.float16](channels_last(b.half())).float(),
     }
-    try:
-        int8 = ReducedTower(model, "int8", x[:1])
-        int8.calibrate(x[: 1 + CALIBRATION_MASKS])  # as many images as gScoreCAM calibrates on
-        out["int8"] = int8.embed_images
-    except ValueError as error:
-        notes.append(f"int8: refused ({error})")
+    for precision in ("fp32-fast", "bf16", "fp16", "int8"):
+        try:
+            copy = ReducedTower(model, precision, x[:1])
+        except ValueError as error:
+            notes.append(f"{precision}: refused ({error})")
+            continue
+        copy.calibrate(x[: 1 + CALIBRATION_MASKS])  # int8 on a CNN: its activation ranges
+        out[precision] = copy.embed_images
     if compiled:
-        compiled_tower = CompiledTower(fast)
+        copy = ReducedTower(model, "fp32-compiled", x[:1])
         wall, cpu, children = time.perf_counter(), time.process_time(), children_cpu()
         with torch.inference_mode():
-            compiled_tower(channels_last(x))
+            copy.embed_images(x)
         notes.append(
             f"fp32-compiled: the first call compiles: {time.perf_counter() - wall:.1f} s wall, "
             f"{time.process_time() - cpu:.1f} s CPU in this process, "
             f"{children_cpu() - children:.1f} s in the compiler's child processes"
         )
-        if compiled_tower.compiled is None:
+        if copy.tower.compiled is None:
             notes.append("fp32-compiled: compiling failed; not timed")
         else:
-            out["fp32-compiled"] = lambda b: compiled_tower(channels_last(b))
+            out["fp32-compiled"] = copy.embed_images
     return out, notes
 
 
