@@ -216,9 +216,10 @@ class Int8ConvTower:
     at each layer: ``q = clamp(round(x / scale) + zero_point, 0, 255)``, ``scale = (max - min)
     / 255`` (127 with ``reduce_range``, which CPUs without VNNI need: their int8 kernels sum
     pairs of products in 16 bits). BatchNorms are folded into their convolutions and each
-    ReLU fused into the one before it. A module whose forward pass reads its own weights
-    (open_clip's ResNet attention pool) is not quantised. The copy is calibrated on ``probe``
-    when made.
+    ReLU fused into the one before it. A module whose forward pass reads its own weights (the
+    :class:`ClassTokenPool`, which adds its positional embedding) is left out of this static
+    pass; the Linear layers it calls then compute in int8 with activations quantised per batch.
+    The copy is calibrated on ``probe`` when made.
 
     Raises:
         ValueError: ``torch.fx`` cannot trace the tower, or this torch has no int8
