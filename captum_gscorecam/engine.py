@@ -65,7 +65,9 @@ def default_chunk(device: torch.device) -> int:
 class Scorer(Protocol):
     """Scores images ``(B, 3, H, W)`` that belong to input images ``image_index`` ``(B,)``.
 
-    Returns ``(B, T)``: one score per prompt of the image.
+    Returns ``(B, T)``: one score per prompt of the image. A masked scorer with a
+    ``calibrate(images)`` method (an int8 copy of a CNN tower) is given
+    :func:`calibration_images` before the masked passes of each call.
     """
 
     def __call__(self, images: Tensor, image_index: Tensor) -> Tensor:
