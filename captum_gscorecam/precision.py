@@ -90,10 +90,11 @@ _FP16_CPU_FLAGS = frozenset({"avx512_fp16", "amx_fp16"})
 _INT8_CPU_FLAGS = frozenset({"avx512_vnni"})
 
 # What "auto" runs on each kind of device (device_kind) for a CNN tower and for a transformer
-# tower. cpu-bf16 and cpu-vnni hold the fastest way measured on such a CPU whose maps stay
-# within the documented tolerance of float32 (benchmarks/results/levers-cpu.md and
-# levers-cpu-no-bf16.md); the other rows are not measured: the exact path, or the format the
-# hardware computes natively.
+# tower. cpu-vnni holds the fastest way measured on such a CPU whose maps stay within the
+# documented tolerance of float32, cpu-bf16 the fastest but for int8 on CNN towers, which is
+# faster there and moves the maps about five times as much as bf16
+# (benchmarks/results/levers-cpu.md and levers-cpu-no-bf16.md); the other rows are not
+# measured: the exact path, or the format the hardware computes natively.
 AUTO: dict[str, tuple[str, str]] = {
     "cpu-bf16": ("bf16", "bf16"),
     "cpu-vnni": ("int8", "int8"),
