@@ -43,7 +43,7 @@ from datetime import date
 import open_clip
 import torch
 import torch.nn.functional as F
-from report import emit
+from report import emit, total_variation
 from torch import Tensor, nn
 
 from captum_gscorecam import GScoreCAM, ScoreCAM, default_layer
@@ -146,7 +146,8 @@ def tower_table(args: argparse.Namespace, name: str) -> list[str]:
 
 
 def end_to_end_table(args: argparse.Namespace, name: str) -> list[str]:
-    """gScoreCAM and ScoreCAM end to end per precision, in one process, CPU time.
+    """gScoreCAM and ScoreCAM end to end per precision, in one process, CPU time, and how far
+    each precision's gScoreCAM map is from fp32's (total variation, peak cell moved).
 
     Each precision has one GScoreCAM object, whose first call makes its tower copy (timed
     apart), then ``--repeats`` calls interleaved across precisions (median); one ScoreCAM call
@@ -165,12 +166,15 @@ def end_to_end_table(args: argparse.Namespace, name: str) -> list[str]:
     if auto.name not in levers:
         levers.append(auto.name)
     cams: dict[str, GScoreCAM] = {}
+    maps: dict[str, Tensor] = {}
     first: dict[str, float] = {}
     notes = []
     for precision in levers:
         cam = GScoreCAM(model, layer)
         try:
-            first[precision] = cpu_seconds(lambda c=cam, p=precision: gscorecam(c, p, image, text))
+            first[precision] = cpu_seconds(
+                lambda c=cam, p=precision: gscorecam(c, p, image, text, maps)
+            )
         except ValueError as error:
             notes.append(f"{precision}: refused ({error})")
             continue
@@ -180,7 +184,7 @@ def end_to_end_table(args: argparse.Namespace, name: str) -> list[str]:
     for _ in range(args.repeats):
         for precision, cam in cams.items():
             times[precision].append(
-                cpu_seconds(lambda c=cam, p=precision: gscorecam(c, p, image, text))
+                cpu_seconds(lambda c=cam, p=precision: gscorecam(c, p, image, text, maps))
             )
             print(f"  {name} {precision}: {times[precision][-1]:.1f} s", file=sys.stderr)
     scorecam: dict[str, float] = {}
@@ -201,8 +205,8 @@ def end_to_end_table(args: argparse.Namespace, name: str) -> list[str]:
         f"`auto` here: **{auto.name}** ({auto.reason})",
         "",
         f"| precision | gScoreCAM, median of {args.repeats} | vs fp32 | first call (makes the "
-        "copy) | ScoreCAM | vs fp32 |",
-        "|---|---:|---:|---:|---:|---:|",
+        "copy) | ScoreCAM | vs fp32 | gScoreCAM map: TV vs fp32 | peak moved |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for precision in cams:
         seconds = statistics.median(times[precision])
@@ -217,14 +221,20 @@ def end_to_end_table(args: argparse.Namespace, name: str) -> list[str]:
             cells += [f"{scorecam[precision]:.1f}", f"**{ratio:.3f}**"]
         else:
             cells += ["-", "-"]
+        reference, mine = maps["fp32"], maps[precision]
+        moved = mine.flatten(1).argmax(1) != reference.flatten(1).argmax(1)
+        cells += [f"{float(total_variation(mine, reference).max()):.4f}", str(bool(moved.any()))]
         rows.append("| " + " | ".join(cells) + " |")
     return [*rows, "", *(f"- {note}" for note in notes), ""]
 
 
-def gscorecam(cam: GScoreCAM, precision: str, image: Tensor, text: Tensor) -> None:
+def gscorecam(
+    cam: GScoreCAM, precision: str, image: Tensor, text: Tensor, maps: dict[str, Tensor]
+) -> None:
+    """One gScoreCAM call; its map kept in ``maps[precision]``."""
     with warnings.catch_warnings():  # bf16 / fp16 where emulated: timed to show why they warn
         warnings.simplefilter("ignore", UserWarning)
-        cam.attribute(image, target=text, topk=0.1, precision=precision)
+        maps[precision] = cam.attribute(image, target=text, topk=0.1, precision=precision)[0]
 
 
 def cpu_seconds(fn: Callable[[], object]) -> float:
