@@ -272,8 +272,9 @@ class ReducedTower:
     ``.data``, and its modules.
 
     Raises:
-        ValueError: ``"int8"`` for a model not on the CPU or a tower that calls no Linear
-            layer, or without int8 support in this torch.
+        ValueError: ``"int8"`` for a model not on the CPU, a transformer tower that calls no
+            Linear layer, a CNN tower ``torch.fx`` cannot trace, or without int8 support in
+            this torch.
     """
 
     def __init__(self, model: nn.Module, precision: str, probe: Tensor) -> None:
@@ -283,7 +284,6 @@ class ReducedTower:
         self.dtype = _DTYPES[precision]
         self.fingerprint = weights_fingerprint(tower)
         self.tower = _copy(tower, precision, probe, token_blocks(model) is not None)
-        self.nbytes = sum(map(_nbytes, _modules(self.tower)))
         self.build_seconds = time.perf_counter() - start
         logger.debug(
             "image tower copy for %s: %.1f MiB, made in %.2f s",
@@ -305,6 +305,13 @@ class ReducedTower:
             and torch.equal(dots, copied_dots)
             and torch.equal(sums, copied_sums)
         )
+
+    @property
+    def nbytes(self) -> int:
+        """The copy's memory: its parameters, buffers and packed int8 weights (an int8 CNN
+        copy's int8 tower once calibrated).
+        """
+        return sum(map(_nbytes, _modules(self.tower)))
 
     def calibrate(self, images: Tensor) -> None:
         """Set the int8 activation ranges of a CNN tower's copy to those ``images`` reach
@@ -356,7 +363,7 @@ def _modules(copy: nn.Module | CompiledTower | Int8ConvTower) -> list[nn.Module]
     if isinstance(copy, CompiledTower):
         return [copy.eager]
     if isinstance(copy, Int8ConvTower):
-        return [copy.observed, copy.quantized]
+        return [copy.observed] if copy.quantized is None else [copy.observed, copy.quantized]
     return [copy]
 
 

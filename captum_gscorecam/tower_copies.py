@@ -102,13 +102,9 @@ def pool_class_token(tower: nn.Module) -> nn.Module:
     :class:`ClassTokenPool` on the same parameters.
     """
     for name, module in list(tower.named_modules()):
-        if type(module).__name__ == "AttentionPool2d" and type(module).__module__.startswith(
-            "open_clip"
-        ):
-            if name:
-                _replace(tower, name, ClassTokenPool(module))
-            else:
-                return ClassTokenPool(module)
+        kind = type(module)
+        if name and kind.__name__ == "AttentionPool2d" and kind.__module__.startswith("open_clip"):
+            _replace(tower, name, ClassTokenPool(module))
     return tower
 
 
@@ -168,6 +164,14 @@ def int8_available() -> bool:
     return torch.backends.quantized.engine != "none"
 
 
+def _require_int8() -> None:
+    if not int8_available():
+        raise ValueError(
+            "precision: 'int8' needs torch.ao.quantization and a quantized engine, which "
+            f"torch {torch.__version__} lacks here; use 'fp32-fast' or 'bf16'"
+        )
+
+
 def quantize_linears(tower: nn.Module, probe: Tensor) -> nn.Module:
     """``tower`` (a float32 copy on the CPU) with every ``nn.Linear`` that its forward pass on
     ``probe`` calls as a module quantised to int8 (weights per tensor, activations per batch).
@@ -176,11 +180,7 @@ def quantize_linears(tower: nn.Module, probe: Tensor) -> nn.Module:
         ValueError: No Linear layer is called as a module (a CNN tower), or this torch has
             no dynamic int8 quantisation.
     """
-    if not int8_available():
-        raise ValueError(
-            "precision: 'int8' needs torch.ao.quantization.quantize_dynamic and a quantized "
-            f"engine, which torch {torch.__version__} lacks here; use 'fp32-fast' or 'bf16'"
-        )
+    _require_int8()
     from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
 
     names = {id(m): name for name, m in tower.named_modules() if type(m) is nn.Linear}
@@ -219,7 +219,8 @@ class Int8ConvTower:
     ReLU fused into the one before it. A module whose forward pass reads its own weights (the
     :class:`ClassTokenPool`, which adds its positional embedding) is left out of this static
     pass; the Linear layers it calls then compute in int8 with activations quantised per batch.
-    The copy is calibrated on ``probe`` when made.
+    ``probe`` is only traced; until :meth:`calibrate` is called, the first batch the copy runs
+    calibrates it.
 
     Raises:
         ValueError: ``torch.fx`` cannot trace the tower, or this torch has no int8
@@ -227,11 +228,7 @@ class Int8ConvTower:
     """
 
     def __init__(self, tower: nn.Module, probe: Tensor, reduce_range: bool = False) -> None:
-        if not int8_available():
-            raise ValueError(
-                "precision: 'int8' needs torch.ao.quantization and a quantized engine, which "
-                f"torch {torch.__version__} lacks here; use 'fp32-fast' or 'bf16'"
-            )
+        _require_int8()
         from torch.ao.quantization import QConfig, get_default_qconfig_mapping
         from torch.ao.quantization.observer import MinMaxObserver, PerChannelMinMaxObserver
         from torch.ao.quantization.quantize_fx import prepare_fx
@@ -256,7 +253,7 @@ class Int8ConvTower:
         with warnings.catch_warnings():  # torch's deprecation notices are not the caller's
             warnings.simplefilter("ignore")
             self.observed = prepare_fx(tower.eval(), mapping, example_inputs=(probe,))
-        self.quantized: nn.Module = self.calibrate(probe)
+        self.quantized: nn.Module | None = None
 
     def calibrate(self, images: Tensor) -> nn.Module:
         """Quantise the activations with the ranges that ``images`` reach (replacing the
@@ -284,7 +281,8 @@ class Int8ConvTower:
 
     def __call__(self, images: Tensor) -> Tensor:
         """The int8 tower's float32 output for ``images`` ``(B, ...)``."""
-        return self.quantized(images)
+        quantized = self.quantized if self.quantized is not None else self.calibrate(images)
+        return quantized(images)
 
 
 def _weight_readers(traced: fx.GraphModule) -> set[str]:
